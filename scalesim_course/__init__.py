@@ -1,0 +1,3 @@
+"""Inference at scale: the course helper package."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,179 @@
+"""The event loop's mechanics, policies and validation (scalesim_course.sim)."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from scalesim_course import costmodel, sim
+from scalesim_course.workload import Workload, load_azure_trace, poisson_workload
+
+CONV = Path(__file__).resolve().parents[2] / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+
+
+class ConstantStep:
+    """Every engine step takes `d` seconds, whatever it does: makes timings easy to predict."""
+
+    def __init__(self, d=1.0):
+        self.d = d
+
+    def step_time(self, prefill_tokens, decode_seqs, context_tokens):
+        return self.d
+
+
+def test_same_seed_same_run_with_a_random_router():
+    def random_router(request, replicas, rng):
+        return int(rng.integers(len(replicas)))
+
+    wl = poisson_workload(3.0, 5000, service_rate=1.0, seed=4)
+    runs = [sim.simulate(wl, replicas=4, router=random_router, seed=9) for _ in range(2)]
+    assert np.array_equal(runs[0].finish, runs[1].finish)
+    assert np.array_equal(runs[0].replica, runs[1].replica)
+    other = sim.simulate(wl, replicas=4, router=random_router, seed=10)
+    assert not np.array_equal(runs[0].replica, other.replica)
+
+
+def test_request_mode_serves_everyone_once_in_fifo_order():
+    wl = poisson_workload(0.9, 3000, service_rate=1.0, seed=1)
+    res = sim.simulate(wl)
+    assert res.completed.all()
+    assert np.all(res.start >= wl.arrival) and np.all(res.finish >= res.start)
+    assert np.all(np.diff(res.start) >= 0)          # one server, FIFO: starts in arrival order
+    assert np.allclose(res.finish - res.start, wl.service_time)
+
+
+def test_least_outstanding_spreads_load():
+    wl = poisson_workload(3.0, 6000, service_rate=1.0, seed=2)
+    res = sim.simulate(wl, replicas=4)
+    share = np.bincount(res.replica, minlength=4) / len(wl)
+    assert np.all(np.abs(share - 0.25) < 0.05)
+
+
+def dynamic_batcher(max_batch, max_delay):
+    def batcher(q):
+        if len(q) >= max_batch:
+            return max_batch
+        if q.now - q[0].arrival >= max_delay:
+            return len(q)
+        return sim.BatchDecision(0, q[0].arrival + max_delay)
+    return batcher
+
+
+def test_batcher_hook_forms_batches_by_size_and_delay():
+    wl = Workload.build([0.0, 0.1, 0.2, 5.0, 5.05, 5.1, 5.15, 9.0])
+    res = sim.simulate(wl, cost=costmodel.FixedBatchCost(0.5, 0.0),
+                       batcher=dynamic_batcher(3, 1.0), record_steps=True)
+    sizes = [s[3] for s in res.steps]
+    assert sizes == [3, 3, 1, 1]
+    assert res.start.tolist() == pytest.approx([0.2, 0.2, 0.2, 5.1, 5.1, 5.1, 6.15, 10.0])
+    assert res.finish.tolist() == pytest.approx([0.7, 0.7, 0.7, 5.6, 5.6, 5.6, 6.65, 10.5])
+
+
+def test_continuous_batching_exact_timeline():
+    wl = Workload.build([0.0, 0.0, 0.5], prompt_tokens=[10, 10, 10], output_tokens=[3, 1, 2])
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), record_steps=True)
+    # step 1 [0,1): prefill r0, r1 -> first tokens at 1; r1 (1 token) leaves; r2 waits
+    # step 2 [1,2): r0 decodes, r2 joins and prefills -> r2 first token at 2
+    # step 3 [2,3): r0 and r2 decode -> both done at 3
+    assert res.first_token.tolist() == [1.0, 1.0, 2.0]
+    assert res.finish.tolist() == [3.0, 1.0, 3.0]
+    assert res.start.tolist() == [0.0, 0.0, 1.0]
+    assert res.tpot[0] == pytest.approx(1.0)
+    assert [(s[3], s[4], s[5]) for s in res.steps] == [(2, 20, 0), (2, 10, 1), (2, 0, 2)]
+
+
+def test_chunked_prefill_splits_long_prompts():
+    wl = Workload.build([0.0], prompt_tokens=[1000], output_tokens=[2])
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), prefill_chunk=256)
+    assert res.ttft[0] == 4.0 and res.latency[0] == 5.0
+
+
+def test_iteration_mode_respects_batch_and_kv_budgets():
+    rng = np.random.default_rng(0)
+    n = 400
+    wl = Workload.build(np.sort(rng.uniform(0, 20, n)), rng.integers(1, 60, n),
+                        rng.integers(1, 40, n))
+    seen = []
+
+    def watching_fcfs(view):
+        ids = sim.fcfs_admission(view)
+        seen.append((view.n_running + len(ids), view.kv_used, view.kv_capacity))
+        return ids
+
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(0.01), max_batch=8,
+                       kv_capacity=300, scheduler=watching_fcfs, record_steps=True)
+    assert res.completed.all()
+    assert max(s[3] for s in res.steps) <= 8
+    assert all(used <= cap for _, used, cap in seen)
+    assert np.all(res.first_token >= res.start) and np.all(res.start >= wl.arrival)
+    assert np.all(np.diff(res.start) >= 0)      # FCFS admission keeps arrival order
+    # the step log accounts for every prompt token
+    assert sum(s[4] for s in res.steps) == wl.prompt_tokens.sum()
+
+
+def test_autoscaler_adds_replicas_after_startup_delay_and_drains():
+    wl = poisson_workload(6.0, 6000, service_rate=1.0, seed=5)
+
+    def want_by_queue(view):
+        return 1 + view.outstanding // 2
+
+    res = sim.simulate(wl, autoscaler=want_by_queue, autoscale_interval=5.0, startup_delay=20.0,
+                       max_replicas=12)
+    assert res.completed.all()
+    first_up = next(t for t, up, starting in res.fleet if up > 1)
+    assert first_up >= 25.0                      # first tick at 5 s, then 20 s to start
+    assert max(up for _, up, _ in res.fleet) > 4
+    assert res.fleet[-1][1] < max(up for _, up, _ in res.fleet)   # scaled back down
+    assert len(res.up_time) == len(res.busy_time) and 0 < res.utilization <= 1
+
+
+def test_azure_like_replay_with_roofline_free_cost():
+    wl = poisson_workload(5.0, 2000, seed=1)
+    wl = Workload.build(wl.arrival, np.full(2000, 100), np.full(2000, 20))
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(0.01), max_batch=64)
+    assert res.completed.all()
+    assert np.nanmax(res.tpot) == pytest.approx(0.01)
+
+
+@pytest.mark.skipif(not CONV.exists(), reason="shared Azure traces not present")
+def test_hour_of_the_conversation_trace_replays():
+    class Linear:
+        def step_time(self, p, d, ctx):
+            return 0.005 + 2e-5 * p + 1e-4 * d + 1e-8 * ctx
+
+    wl = load_azure_trace(CONV)
+    res = sim.simulate(wl, mode="iteration", cost=Linear(), kv_capacity=200_000)
+    assert res.completed.all() and len(wl) == 19_366
+
+
+@pytest.mark.parametrize("settings, exc, name", [
+    (dict(replicas=0), ValueError, "replicas"),
+    (dict(servers=0), ValueError, "servers"),
+    (dict(mode="batch"), ValueError, "mode"),
+    (dict(mode="iteration"), TypeError, "step_time"),
+    (dict(cost=ConstantStep()), TypeError, "batch_timing"),
+    (dict(router="round robin", replicas=2), TypeError, "router"),
+    (dict(max_batch=0), ValueError, "max_batch"),
+    (dict(startup_delay=-1.0), ValueError, "startup_delay"),
+    (dict(colour="red"), TypeError, "colour"),
+])
+def test_bad_settings_name_the_parameter(settings, exc, name):
+    wl = poisson_workload(1.0, 10, service_rate=2.0)
+    with pytest.raises(exc, match=name):
+        sim.simulate(wl, **settings)
+
+
+def test_bad_policies_and_inputs_fail_clearly():
+    wl = poisson_workload(1.0, 10, service_rate=2.0)
+    with pytest.raises(ValueError, match="router returned 5"):
+        sim.simulate(wl, replicas=2, router=lambda r, reps, rng: 5)
+    with pytest.raises(ValueError, match="service_time"):
+        sim.simulate(poisson_workload(1.0, 10))
+    with pytest.raises(TypeError, match="Workload"):
+        sim.simulate([1, 2, 3])
+    big = Workload.build([0.0], prompt_tokens=[500], output_tokens=[10])
+    with pytest.raises(ValueError, match="kv_capacity"):
+        sim.simulate(big, mode="iteration", cost=ConstantStep(), kv_capacity=100)
+    with pytest.raises(RuntimeError, match="admit"):
+        sim.simulate(big, mode="iteration", cost=ConstantStep(), scheduler=lambda v: [])
+    with pytest.raises(ValueError, match="retry_at"):
+        sim.simulate(wl, batcher=lambda q: sim.BatchDecision(0, q.now))
