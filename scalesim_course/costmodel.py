@@ -71,6 +71,16 @@ class LognormalService:
                                         check_int("n", n, minimum=1))
 
 
+def service_distribution(mean: float, scv: float):
+    """Exponential if scv == 1, deterministic if scv == 0, lognormal otherwise."""
+    check_non_negative("scv", scv)
+    if scv == 1:
+        return ExponentialService(mean)
+    if scv == 0:
+        return DeterministicService(mean)
+    return LognormalService(mean, scv)
+
+
 class FixedBatchCost:
     """A batch costs a fixed setup time plus a time per request in it (first token at the end).
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
+
 
 def explorer(controls: dict, render: Callable, title: str | None = None):
     """Sliders (or other widgets) on the left, whatever `render(**values)` draws on the right.
@@ -26,3 +28,43 @@ def explorer(controls: dict, render: Callable, title: str | None = None):
     panel = [w.HTML(f"<b>{title}</b>")] if title else []
     return w.HBox([w.VBox(panel + list(controls.values()),
                           layout=w.Layout(min_width="300px")), out])
+
+
+def queue_explorer(n: int = 20_000, seed: int = 0):
+    """One server, mean service 1 s: move the arrival rate and the service variability and
+    watch the simulated p50/p99 latency against queueing theory.
+
+    Theory: M/M/1 percentiles (exact when the squared coefficient of variation is 1) and the
+    Pollaczek-Khinchine mean (exact for any variability).
+    """
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    from . import plots, sweeps, theory
+
+    def render(rate, scv):
+        got = sweeps.queue_at_load(rate, n=n, scv=scv, seed=seed)
+        mean_theory = 1.0 + theory.mg1_wait_mean(rate, 1.0, scv)
+        rhos = np.linspace(0.05, 0.97, 60)
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.plot(rhos, [1 + theory.mg1_wait_mean(r, 1.0, scv) for r in rhos], "--",
+                color=plots.PALETTE[0], label="mean, theory (P-K)")
+        ax.plot(rhos, [theory.mm1_sojourn_quantile(r, 1.0, 0.99) for r in rhos], ":",
+                color=plots.PALETTE[3], label="p99, M/M/1 theory")
+        ax.plot([rate], [got["mean"]], "o", color=plots.PALETTE[0], ms=9, label="mean, simulated")
+        ax.plot([rate], [got["p50"]], "s", color=plots.PALETTE[2], ms=9, label="p50, simulated")
+        ax.plot([rate], [got["p99"]], "D", color=plots.PALETTE[3], ms=9, label="p99, simulated")
+        ax.set(yscale="log", xlabel="arrival rate = utilisation ρ (service mean 1 s)",
+               ylabel="latency (s)", title=f"ρ = {rate:.2f}, service SCV = {scv:.2f}")
+        ax.legend(fontsize=8, loc="upper left")
+        plt.show()
+        print(f"simulated: mean {got['mean']:.2f} s, p50 {got['p50']:.2f} s, "
+              f"p99 {got['p99']:.2f} s   |   P-K mean {mean_theory:.2f} s")
+
+    controls = {
+        "rate": w.FloatSlider(value=0.7, min=0.05, max=0.95, step=0.05,
+                              description="arrival rate (req/s)"),
+        "scv": w.FloatSlider(value=1.0, min=0.0, max=4.0, step=0.25,
+                             description="service variability (SCV)"),
+    }
+    return explorer(controls, render, title="One server under load")

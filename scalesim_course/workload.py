@@ -221,23 +221,25 @@ def zipf_prompt_ids(n: int, n_unique: int, s: float = 1.0, seed=0) -> np.ndarray
 
 
 # ----------------------------------------------------------------------------- ready-made
-def poisson_workload(rate: float, n: int, service_rate: float | None = None,
-                     deterministic: bool = False, seed=0) -> Workload:
-    """A queueing-theory workload: Poisson arrivals, exponential (or fixed) service times.
+def poisson_workload(rate: float, n: int, service_rate: float | None = None, scv: float = 1.0,
+                     seed=0) -> Workload:
+    """A queueing-theory workload: Poisson arrivals and i.i.d. service times.
 
     Args:
         rate: arrival rate lambda (requests/s).
         n: number of requests.
         service_rate: mu; each request needs 1/mu seconds on average. None: no service times.
-        deterministic: fixed service 1/mu (M/D/c) instead of exponential (M/M/c).
+        scv: squared coefficient of variation of service time: 1 exponential (M/M/c),
+            0 deterministic (M/D/c), anything else lognormal (M/G/c).
     """
+    from .costmodel import service_distribution
+
     rng = rng_from(seed)
     arrival = poisson_arrivals(rate, n, rng)
     service = None
     if service_rate is not None:
         check_positive("service_rate", service_rate)
-        service = (np.full(n, 1.0 / service_rate) if deterministic
-                   else rng.exponential(1.0 / service_rate, n))
+        service = service_distribution(1.0 / service_rate, scv).sample(n, rng)
     return Workload.build(arrival, service_time=service)
 
 

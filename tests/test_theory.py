@@ -18,11 +18,11 @@ SEEDS = range(1, 6)
 T_995_4DOF = 4.604
 
 
-def replications(stat, *, lam, mu, c=1, n=100_000, deterministic=False):
+def replications(stat, *, lam, mu, c=1, n=100_000, scv=1.0):
     """stat(result, warm) for one run per seed."""
     out = []
     for seed in SEEDS:
-        wl = poisson_workload(lam, n, service_rate=mu, deterministic=deterministic, seed=seed)
+        wl = poisson_workload(lam, n, service_rate=mu, scv=scv, seed=seed)
         res = sim.simulate(wl, servers=c, seed=seed)
         out.append(stat(res, slice(n // 50, None)))
     return np.array(out)
@@ -56,7 +56,7 @@ def test_mmc_wait_matches_erlang_c(c, rho, expected):
 
 def test_md1_wait_matches_pollaczek_khinchine():
     lam, mu = 0.8, 1.0
-    got = replications(lambda r, w: r.queue_delay[w].mean(), lam=lam, mu=mu, deterministic=True)
+    got = replications(lambda r, w: r.queue_delay[w].mean(), lam=lam, mu=mu, scv=0.0)
     assert_agrees(got, theory.md1_wait_mean(lam, mu), max_rel=0.05)
     # and P-K's general form agrees with the special case
     assert theory.mg1_wait_mean(lam, 1 / mu, 0.0) == pytest.approx(theory.md1_wait_mean(lam, mu))
@@ -93,3 +93,9 @@ def test_tail_at_scale_example():
 def test_theory_rejects_bad_input(call):
     with pytest.raises((ValueError, TypeError)):
         call()
+
+
+def test_mg1_lognormal_wait_matches_pollaczek_khinchine():
+    lam, scv = 0.7, 2.0
+    got = replications(lambda r, w: r.queue_delay[w].mean(), lam=lam, mu=1.0, scv=scv)
+    assert_agrees(got, theory.mg1_wait_mean(lam, 1.0, scv), max_rel=0.08)

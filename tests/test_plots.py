@@ -1,0 +1,43 @@
+"""Every figure function draws from real simulator output (scalesim_course.plots)."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from scalesim_course import costmodel, plots, sim  # noqa: E402
+from scalesim_course.workload import Workload, poisson_workload  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    plots.use_style()
+    yield
+    plt.close("all")
+
+
+def test_latency_histogram_marks_percentiles():
+    res = sim.simulate(poisson_workload(0.7, 2000, service_rate=1.0, seed=1))
+    ax = plots.latency_histogram(res.latency)
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[0].startswith("mean") and labels[2].startswith("p99")
+
+
+def test_latency_vs_load_draws_theory_dashed():
+    ax = plots.latency_vs_load([0.5, 0.8], {"mean": [2.1, 5.2]}, {"mean": [2.0, 5.0]})
+    assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "--"]
+
+
+def test_timeline_of_batches_on_two_servers():
+    wl = Workload.build(np.arange(10) * 0.1)
+    res = sim.simulate(wl, servers=2, cost=costmodel.FixedBatchCost(0.3, 0.0), record_steps=True)
+    ax = plots.timeline(res.steps)
+    assert len(ax.patches) == 10 and len(ax.get_yticks()) == 2
+    with pytest.raises(ValueError, match="record_steps"):
+        plots.timeline([])
+
+
+def test_cdf():
+    ax = plots.cdf({"a": [1, 2, 3], "b": [2, np.nan, 4]})
+    assert len(ax.get_lines()) == 2
