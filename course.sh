@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The course's two entry points.  Both create ./.venv (once), install everything into it and are
 # safe to run again.
-#   ./course.sh lab          set up and open the course in JupyterLab
+#   ./course.sh lab [ARGS]   set up and open the course in JupyterLab (ARGS go to jupyter lab)
 #   ./course.sh test [ARGS]  set up and run the whole test suite (ARGS go to pytest)
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -39,8 +39,11 @@ setup() {
 
 case "${1:-}" in
     lab)
+        shift
         setup
-        exec jupyter lab --ServerApp.root_dir="$PWD/notebooks"
+        root_flag=()
+        [ "$(id -u)" = 0 ] && root_flag=(--allow-root)   # containers often run as root
+        exec jupyter lab --ServerApp.root_dir="$PWD/notebooks" "${root_flag[@]}" "$@"
         ;;
     test)
         shift

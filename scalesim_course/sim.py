@@ -448,7 +448,7 @@ class Simulation:
     # --- request mode
     def _enqueue_request(self, rep: _Replica, req: Request) -> None:
         if rep.busy < rep.servers and not rep.queue and self.cfg.batcher is None:
-            self._serve(rep, [req])  # the common fast path: an idle server takes it at once
+            self._serve(rep, (req,))  # the common fast path: an idle server takes it at once
             return
         rep.queue.append(req)
         rep.queued_tokens += req.prompt_tokens + req.output_tokens
@@ -474,34 +474,38 @@ class Simulation:
                                              f"after now={self.now!r}")
                         self._push(retry, _RETRY, rep)
                     return
-            batch = [rep.queue.popleft() for _ in range(take)]
+            batch = tuple(rep.queue.popleft() for _ in range(take)) if take > 1 else (
+                rep.queue.popleft(),)
             rep.queued_tokens -= sum(r.prompt_tokens + r.output_tokens for r in batch)
             self._serve(rep, batch)
 
-    def _serve(self, rep: _Replica, batch: list) -> None:
+    def _serve(self, rep: _Replica, batch: tuple) -> None:
         now, cost = self.now, self.cfg.cost
-        if cost is None:
-            busy = max(r.service_time for r in batch) if len(batch) > 1 else batch[0].service_time
-            first = busy
-        else:
+        if cost is not None:
             first, busy = cost.batch_timing([r.prompt_tokens for r in batch],
                                             [r.output_tokens for r in batch])
+        elif len(batch) == 1:
+            first = busy = batch[0].service_time
+        else:  # sampled service: a batch takes as long as its slowest request
+            first = busy = max(r.service_time for r in batch)
         rep.busy += 1
         rep.busy_time += busy
+        start, first_token = self.start, self.first
         for r in batch:
-            self.start[r.id] = now
-            self.first[r.id] = now + first
+            start[r.id] = now
+            first_token[r.id] = now + first
         if self.cfg.record_steps:
             prefill = len(batch) * max(r.prompt_tokens for r in batch)
             self.steps.append((rep.id, now, now + busy, len(batch), prefill, len(batch)))
-        self._push(now + busy, _DONE, (rep, batch))
+        self.seq += 1
+        heapq.heappush(self.heap, (now + busy, self.seq, _DONE, (rep, batch)))
 
     def _batch_done(self, data) -> None:
         rep, batch = data
         rep.busy -= 1
-        now = self.now
+        now, finish = self.now, self.finish
         for r in batch:
-            self.finish[r.id] = now
+            finish[r.id] = now
         self.n_done += len(batch)
         self.done_since_tick += len(batch)
         if rep.queue:

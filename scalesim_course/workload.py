@@ -97,9 +97,9 @@ class Workload:
 
     def requests(self) -> list[Request]:
         """The requests as immutable records, in arrival order."""
-        cols = (self.arrival.tolist(), self.prompt_tokens.tolist(), self.output_tokens.tolist(),
-                self.prompt_id.tolist(), self.service_time.tolist())
-        return [Request(i, a, p, o, k, s) for i, (a, p, o, k, s) in enumerate(zip(*cols))]
+        return list(map(Request, range(len(self)), self.arrival.tolist(),
+                        self.prompt_tokens.tolist(), self.output_tokens.tolist(),
+                        self.prompt_id.tolist(), self.service_time.tolist()))
 
     def head(self, n: int) -> "Workload":
         """The first n requests."""
