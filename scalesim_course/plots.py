@@ -113,3 +113,25 @@ def cdf(values: dict, ax=None, title: str = "Cumulative distribution", xlabel: s
         ax.set_xscale("log")
     ax.legend()
     return ax
+
+
+def lifecycle(result, ids=None, ax=None, title: str = "The life of a request"):
+    """One bar per request, split into waiting, time to first token, and generating the rest.
+
+    Args:
+        result: a RunResult.
+        ids: which requests (default: the first 12).
+    """
+    ids = list(range(min(12, len(result.finish)))) if ids is None else list(ids)
+    ax = _axes(ax, title, "time (s)", "request")
+    a, s = result.arrival[ids], result.start[ids]
+    f1, f = result.first_token[ids], result.finish[ids]
+    y = np.arange(len(ids))
+    ax.barh(y, s - a, left=a, color="#BBBBBB", label="waiting in the queue")
+    ax.barh(y, f1 - s, left=s, color=PALETTE[1], label="prefill → first token")
+    ax.barh(y, f - f1, left=f1, color=PALETTE[0], label="decoding the rest")
+    ax.plot(a, y, "k|", ms=12, label="arrival")
+    ax.set_yticks(y, [str(i) for i in ids])
+    ax.invert_yaxis()
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, fontsize=8)
+    return ax

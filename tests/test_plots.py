@@ -41,3 +41,15 @@ def test_timeline_of_batches_on_two_servers():
 def test_cdf():
     ax = plots.cdf({"a": [1, 2, 3], "b": [2, np.nan, 4]})
     assert len(ax.get_lines()) == 2
+
+
+def test_lifecycle_bars_follow_the_timestamps():
+    class Step:
+        def step_time(self, p, d, ctx):
+            return 0.01 + 1e-4 * p
+
+    wl = Workload.build([0.0, 0.0, 0.05], prompt_tokens=[100, 300, 50], output_tokens=[5, 3, 8])
+    res = sim.simulate(wl, mode="iteration", cost=Step(), max_batch=1)
+    ax = plots.lifecycle(res)
+    waits = [p.get_width() for p in ax.patches[:3]]
+    assert waits == pytest.approx(res.queue_delay.tolist())
