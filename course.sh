@@ -48,7 +48,7 @@ case "${1:-}" in
     test)
         shift
         setup
-        exec python -m pytest "$@"
+        exec python -m pytest -n 2 "$@"
         ;;
     *)
         echo "usage: ./course.sh lab | ./course.sh test [pytest args]" >&2

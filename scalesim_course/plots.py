@@ -135,3 +135,229 @@ def lifecycle(result, ids=None, ax=None, title: str = "The life of a request"):
     ax.invert_yaxis()
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=4, fontsize=8)
     return ax
+
+
+# ----------------------------------------------------------------------------- batching (notebook 02)
+def _panels(axes, n: int, figsize=(11, 4), sharey: bool = False):
+    """`n` side-by-side axes: the ones given, or a new figure's."""
+    import matplotlib.pyplot as plt
+
+    if axes is None:
+        _, axes = plt.subplots(1, n, figsize=figsize, sharey=sharey, layout="constrained")
+    axes = list(np.atleast_1d(axes))
+    if len(axes) != n:
+        raise ValueError(f"axes must be {n} matplotlib axes, got {len(axes)}")
+    return axes
+
+
+def batch_cost_curves(batch_sizes, seconds_per_batch: dict, axes=None,
+                      item: str = "item", title: str | None = None):
+    """Why batching pays: time of one batch, and items per second, against batch size.
+
+    Args:
+        batch_sizes: the batch sizes (x, log scale base 2).
+        seconds_per_batch: label -> seconds one batch of each size takes.
+        item: what one batch element yields ("request", "token"), for the y label.
+    Returns:
+        the two axes.
+    """
+    left, right = _panels(axes, 2, figsize=(11, 4.6))
+    b = np.asarray(batch_sizes, dtype=float)
+    for i, (label, secs) in enumerate(seconds_per_batch.items()):
+        secs = np.asarray(secs, dtype=float)
+        colour = PALETTE[i % len(PALETTE)]
+        left.plot(b, secs * 1e3, "o-", color=colour, ms=4, label=label)
+        right.plot(b, b / secs, "o-", color=colour, ms=4, label=label)
+    left.set(xscale="log", yscale="log", xlabel="batch size", ylabel="time per batch (ms)",
+             title="Time for one batch")
+    right.set(xscale="log", yscale="log", xlabel="batch size", ylabel=f"{item}s per second",
+              title="Work done per second")
+    for ax in (left, right):
+        ax.xaxis.set_major_formatter("{x:g}")
+    handles, labels = left.get_legend_handles_labels()
+    left.figure.legend(handles, labels, loc="outside lower center", ncol=1, fontsize=9)
+    if title:
+        left.figure.suptitle(title, fontweight="bold")
+    return left, right
+
+
+def latency_vs_rate(rates, series: dict, axes=None, unit: str = "ms",
+                    percentiles=("p50", "p99"), title: str | None = None,
+                    xlabel: str = "arrival rate (requests/s)"):
+    """Latency percentiles against arrival rate, one line per policy, one panel per percentile.
+
+    Args:
+        rates: arrival rates (x).
+        series: policy label -> {"p50": values, "p99": values, ...} in seconds (nan: not shown).
+        unit: "ms" or "s" for the y axis.
+        percentiles: which keys to draw, one panel each.
+    Returns:
+        the axes.
+    """
+    axes = _panels(axes, len(percentiles), figsize=(5.5 * len(percentiles), 4.2), sharey=True)
+    scale = 1e3 if unit == "ms" else 1.0
+    markers = "osD^vP*X"
+    for i, (label, values) in enumerate(series.items()):
+        for ax, key in zip(axes, percentiles):
+            ax.plot(rates, np.asarray(values[key], dtype=float) * scale, marker=markers[i % 8],
+                    ms=4, color=PALETTE[i % len(PALETTE)], label=label)
+    for ax, key in zip(axes, percentiles):
+        ax.set(yscale="log", xlabel=xlabel, title=f"{key} latency")
+    axes[0].set_ylabel(f"latency ({unit})")
+    handles, labels = axes[0].get_legend_handles_labels()
+    axes[0].figure.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)),
+                          fontsize=9)
+    if title:
+        axes[0].figure.suptitle(title, fontweight="bold")
+    return axes
+
+
+def throughput_vs_delay(delays, series: dict, axes=None, title: str | None = None):
+    """What a longer max delay buys and costs, one line per arrival rate.
+
+    Left: requests served per second of GPU busy time (the throughput the GPU attains while it
+    works: fuller batches, less GPU time per request). Right: p99 latency.
+
+    Args:
+        delays: max-delay settings in seconds (x, drawn in ms).
+        series: label -> {"per_busy_second": values, "p99": values (seconds)}.
+    Returns:
+        the two axes.
+    """
+    left, right = _panels(axes, 2)
+    x = np.asarray(delays, dtype=float) * 1e3
+    for i, (label, values) in enumerate(series.items()):
+        colour = PALETTE[i % len(PALETTE)]
+        left.plot(x, values["per_busy_second"], "o-", color=colour, ms=4, label=label)
+        right.plot(x, np.asarray(values["p99"], dtype=float) * 1e3, "o-", color=colour, ms=4,
+                   label=label)
+    left.set(xlabel="max delay (ms)", ylabel="requests per GPU-busy second",
+             title="Throughput while the GPU works")
+    right.set(xlabel="max delay (ms)", ylabel="p99 latency (ms)", title="Tail latency")
+    left.set_ylim(bottom=0)
+    right.set_ylim(bottom=0)
+    left.legend(fontsize=9)
+    if title:
+        left.figure.suptitle(title, fontweight="bold")
+    return left, right
+
+
+def padding_bars(before, after, axes=None, labels=("in arrival order", "bucketed by length"),
+                 max_batches: int = 48, title: str | None = None):
+    """Real and padding tokens of each batch, before and after bucketing, as stacked bars.
+
+    Args:
+        before, after: batches, each a list of the lengths of the requests actually in it.
+        labels: panel titles.
+        max_batches: draw at most this many batches per panel, evenly spaced through the list
+            (the waste in the title counts them all).
+    Returns:
+        the two axes.
+    """
+    axes = _panels(axes, 2, figsize=(11, 4), sharey=True)
+    for ax, batches, label in zip(axes, (before, after), labels):
+        real = np.array([sum(b) for b in batches], dtype=float)
+        slots = np.array([len(b) * max(b) if len(b) else 0 for b in batches], dtype=float)
+        waste = (slots.sum() - real.sum()) / slots.sum() if slots.sum() else 0.0
+        k = min(len(batches), max_batches)
+        pick = np.unique(np.linspace(0, len(batches) - 1, k).round().astype(int))
+        x = np.arange(len(pick))
+        ax.bar(x, real[pick], width=0.85, color=PALETTE[0], label="real tokens")
+        ax.bar(x, slots[pick] - real[pick], bottom=real[pick], width=0.85, color=PALETTE[1],
+               alpha=0.85, label="padding")
+        shown = (f" ({len(pick)} of {len(batches)}, evenly spaced)" if len(pick) < len(batches)
+                 else "")
+        ax.set(xlabel=f"batch{shown}", title=f"{label}: {waste:.0%} padding")
+        ax.grid(axis="x", visible=False)
+    axes[0].set_ylabel("token slots computed")
+    axes[0].legend(fontsize=9, loc="upper left")
+    if title:
+        axes[0].figure.suptitle(title, fontweight="bold")
+    return axes
+
+
+def slot_timeline(runs: dict, axes=None, unit: str = "s", title: str | None = None,
+                  show_ids: bool = True):
+    """Gantt chart of batch slots: who held each slot when, one panel per policy.
+
+    Each bar is one request in one slot: prefill up to its first token, decoding up to its last
+    token, then (static batching) the slot held idle until the whole batch ends.
+
+    Args:
+        runs: policy label -> rows from `scalesim_course.batching.slot_timeline`.
+        unit: "s" or "ms" for the time axis.
+    Returns:
+        the axes, one per policy, sharing the time axis.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    if axes is None:
+        heights = [max(r.slot for r in rows) + 1 for rows in runs.values()]
+        _, axes = plt.subplots(len(runs), 1, sharex=True, layout="constrained",
+                               figsize=(11, 1.2 + 0.45 * sum(heights)),
+                               gridspec_kw={"height_ratios": heights})
+    axes = list(np.atleast_1d(axes))
+    scale = 1e3 if unit == "ms" else 1.0
+    end = max(r.release for rows in runs.values() for r in rows) * scale
+    for ax, (label, rows) in zip(axes, runs.items()):
+        for r in rows:
+            s, f, d, e = (v * scale for v in (r.start, r.first_token, r.done, r.release))
+            ax.barh(r.slot, f - s, left=s, height=0.7, color=PALETTE[1], edgecolor="white")
+            ax.barh(r.slot, d - f, left=f, height=0.7, color=PALETTE[0], edgecolor="white")
+            if e > d:
+                ax.barh(r.slot, e - d, left=d, height=0.7, color="#DDDDDD", hatch="///",
+                        edgecolor="white")
+            if show_ids and (d - f) > 0.02 * end:      # on the decoding part, if it is wide enough
+                ax.text((f + d) / 2, r.slot, str(r.id), ha="center", va="center", fontsize=8,
+                        color="white", fontweight="bold")
+            elif show_ids and (f - s) > 0.02 * end:
+                ax.text((s + f) / 2, r.slot, str(r.id), ha="center", va="center", fontsize=8,
+                        color="black", fontweight="bold")
+        slots = max(r.slot for r in rows) + 1
+        finish = max(r.release for r in rows) * scale
+        ax.axvline(finish, color=PALETTE[3], lw=1.5, ls="--")
+        ax.text(finish, slots - 0.4, f" all done: {finish:.3g} {unit}", color=PALETTE[3],
+                fontsize=9, va="center")
+        ax.set_yticks(range(slots), [f"slot {k}" for k in range(slots)])
+        ax.set_ylim(slots - 0.5, -0.5)
+        ax.set_title(label, loc="left", fontsize=11)
+        ax.grid(axis="y", visible=False)
+    axes[-1].set_xlabel(f"time ({unit})")
+    axes[-1].set_xlim(0, end * 1.12)
+    legend = [Patch(color=PALETTE[1], label="prefill → first token"),
+              Patch(color=PALETTE[0], label="decoding"),
+              Patch(facecolor="#DDDDDD", hatch="///", label="slot held, idle")]
+    axes[0].legend(handles=legend, fontsize=8, loc="lower right", ncol=3,
+                   bbox_to_anchor=(1.0, 1.0))
+    if title:
+        axes[0].figure.suptitle(title, fontweight="bold")
+    return axes
+
+
+def measured_vs_predicted(measured: dict, predicted: dict, ax=None, unit: str = "s",
+                          title: str = "Simulated against measured, request by request",
+                          what: str = "latency"):
+    """One point per request: the simulator's prediction (x) against the measurement (y).
+
+    Points on the dashed diagonal are predicted exactly; above it, the real run was slower.
+
+    Args:
+        measured, predicted: label -> per-request values in seconds, same labels and order.
+    Returns:
+        the axes.
+    """
+    ax = _axes(ax, title, f"simulated {what} ({unit})", f"measured {what} ({unit})")
+    scale = 1e3 if unit == "ms" else 1.0
+    top = 0.0
+    for i, (label, values) in enumerate(measured.items()):
+        y = np.asarray(values, dtype=float) * scale
+        x = np.asarray(predicted[label], dtype=float) * scale
+        ax.plot(x, y, "o", ms=5, alpha=0.8, color=PALETTE[i % len(PALETTE)], label=label)
+        top = max(top, np.nanmax(x), np.nanmax(y))
+    ax.plot([0, top * 1.05], [0, top * 1.05], "--", color="#777777", lw=1, label="prediction = measurement")
+    ax.set_xlim(0, top * 1.05)
+    ax.set_ylim(0, top * 1.05)
+    ax.set_aspect("equal")
+    ax.legend(fontsize=9, loc="upper left")
+    return ax

@@ -68,3 +68,48 @@ def queue_explorer(n: int = 20_000, seed: int = 0):
                              description="service variability (SCV)"),
     }
     return explorer(controls, render, title="One server under load")
+
+
+def batching_explorer(n: int = 4000, seed: int = 0, model: str = "qwen2-0.5b", gpu: str = "l4"):
+    """Dynamic batching of short one-pass requests: move the max batch size, the max delay and
+    the arrival rate, and watch p50/p99 latency and throughput.
+
+    Each setting simulates `n` requests of `batching.scoring_workload` (Poisson arrivals,
+    lognormal lengths) through one GPU, timed by the roofline model of `model` on `gpu`.
+    """
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    from . import batching, costmodel, metrics, plots, sim
+
+    cost = costmodel.RooflineCost(model, gpu)
+
+    def render(max_batch, max_delay_ms, rate):
+        wl = batching.scoring_workload(rate, n, seed=seed)
+        res = sim.simulate(wl, cost=cost, record_steps=True,
+                           batcher=batching.dynamic_batcher(max_batch, max_delay_ms / 1e3))
+        lat = res.latency[res.completed] * 1e3
+        summary = metrics.latency_summary(lat)
+        served = metrics.throughput(res)["requests_per_s"]
+        fig, ax = plt.subplots(figsize=(7, 3.6), layout="constrained")
+        plots.latency_histogram(lat, ax=ax, unit="ms", bins=50,
+                                title=f"max batch {max_batch}, max delay {max_delay_ms:g} ms, "
+                                      f"{rate:g} requests/s")
+        plt.show()
+        print(f"p50 {summary['p50']:.1f} ms   p99 {summary['p99']:.1f} ms   "
+              f"throughput {served:.0f} requests/s   "
+              f"mean batch {batching.batch_sizes(res).mean():.1f}   "
+              f"GPU busy {res.utilization:.0%}   "
+              f"{len(wl) / res.busy_time.sum():.0f} requests per GPU-busy second")
+        if served < 0.97 * rate:
+            print("Overloaded: requests arrive faster than they are served, the queue keeps "
+                  "growing and these latencies grow with the length of the run.")
+
+    controls = {
+        "max_batch": w.IntSlider(value=16, min=1, max=64, step=1, description="max batch size"),
+        "max_delay_ms": w.FloatSlider(value=5.0, min=0.0, max=50.0, step=1.0,
+                                      description="max delay (ms)"),
+        "rate": w.FloatSlider(value=150.0, min=10.0, max=500.0, step=10.0,
+                              description="arrival rate (requests/s)"),
+    }
+    return explorer(controls, render, title=f"Dynamic batching, {model} on {gpu}")
