@@ -101,6 +101,8 @@ def histogram_quantile(q: float, upper_bounds: Sequence[float], cumulative_count
     if b == 0 and le[0] <= 0:
         return le[0]
     start, below = (le[b - 1], counts[b - 1]) if b > 0 else (0.0, 0.0)
+    if counts[b] == below:  # q = 0 over empty leading buckets: the lowest possible value
+        return start
     return start + (le[b] - start) * (rank - below) / (counts[b] - below)
 
 

@@ -185,9 +185,10 @@ class StepView:
         self.now = 0.0
 
     waiting = property(lambda self: tuple(self._r.queue), doc="waiting requests, FIFO order")
-    running = property(lambda self: tuple(Running(s.req, s.req.prompt_tokens - s.prefill_left,
-                                                  s.generated) for s in self._r.running),
-                       doc="running sequences")
+    running = property(lambda self: tuple(
+        Running(s.req, s.req.prompt_tokens - s.prefill_left,
+                s.generated and s.generated + self._r.steps - s.decode_from)
+        for s in self._r.running), doc="running sequences")
     n_waiting = property(lambda self: len(self._r.queue))
     n_running = property(lambda self: len(self._r.running))
     kv_used = property(lambda self: self._r.kv_used, doc="KV tokens reserved by running requests")
@@ -255,13 +256,14 @@ def fcfs_admission(view: StepView) -> list[int]:
 class _Seq:
     """A running sequence on an iteration-level replica (engine-internal, mutable)."""
 
-    __slots__ = ("req", "prefill_left", "generated", "reserved")
+    __slots__ = ("req", "prefill_left", "generated", "reserved", "decode_from")
 
     def __init__(self, req: Request, reserved: int):
         self.req = req
         self.prefill_left = req.prompt_tokens
-        self.generated = 0
+        self.generated = 0        # 1 once prefilled; later tokens are counted by decode_from
         self.reserved = reserved
+        self.decode_from = 0      # the replica's step count when this sequence began decoding
 
 
 class _Replica:
@@ -611,6 +613,7 @@ class Simulation:
                 r = s.req
                 self.first[r.id] = now
                 s.generated = 1
+                s.decode_from = rep.steps
                 if r.output_tokens == 1:
                     finished.append(s)
                 else:

@@ -56,6 +56,7 @@ def test_histogram_quantile_like_prometheus():
     assert m.histogram_quantile(0.95, le, counts) == 1.0      # rank in +Inf bucket
     assert m.histogram_quantile(0.0, le, counts) == 0.0
     assert m.histogram_quantile(0.9, le, counts) == pytest.approx(1.0)
+    assert m.histogram_quantile(0.0, le, [0, 0, 90, 100]) == 0.0   # no 0/0 on empty buckets
     with pytest.raises(ValueError, match="q"):
         m.histogram_quantile(1.5, le, counts)
     with pytest.raises(ValueError, match="inf"):

@@ -52,7 +52,7 @@ def dynamic_batcher(max_batch, max_delay):
     def batcher(q):
         if len(q) >= max_batch:
             return max_batch
-        if q.now - q[0].arrival >= max_delay:
+        if q.now >= q[0].arrival + max_delay:   # the same sum as retry_at: no rounding gap
             return len(q)
         return sim.BatchDecision(0, q[0].arrival + max_delay)
     return batcher
@@ -79,6 +79,19 @@ def test_continuous_batching_exact_timeline():
     assert res.start.tolist() == [0.0, 0.0, 1.0]
     assert res.tpot[0] == pytest.approx(1.0)
     assert [(s[3], s[4], s[5]) for s in res.steps] == [(2, 20, 0), (2, 10, 1), (2, 0, 2)]
+
+
+def test_scheduler_sees_tokens_generated_so_far():
+    wl = Workload.build([0.0, 2.5], prompt_tokens=[10, 10], output_tokens=[6, 2])
+    seen = []
+
+    def recording_fcfs(view):
+        seen.append([(r.request.id, r.generated) for r in view.running])
+        return sim.fcfs_admission(view)
+
+    sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), scheduler=recording_fcfs)
+    # r1 arrives at 2.5; the scheduler is asked at 3.0, after r0's prefill (1) and 2 decodes
+    assert seen[-1] == [(0, 3)]
 
 
 def test_chunked_prefill_splits_long_prompts():
