@@ -555,7 +555,20 @@ def slot_timeline(result, mode: str, cost=None) -> list[SlotRow]:
     return rows
 
 
-class StaticBatchCost:
+class _WrapsStepCost:
+    """A cost built on another cost's ``step_time``."""
+
+    def __init__(self, step_cost):
+        if not hasattr(step_cost, "step_time"):
+            raise TypeError(f"step_cost needs a step_time(prefill_tokens, decode_seqs, "
+                            f"context_tokens) method, got {step_cost!r}")
+        self.step_cost = step_cost
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.step_cost!r})"
+
+
+class StaticBatchCost(_WrapsStepCost):
     """Request-level timing of a static batch from an engine-step cost, run the simple way.
 
     Each prompt is prefilled in its own model call (no padding), then all b sequences decode
@@ -571,15 +584,6 @@ class StaticBatchCost:
     Args:
         step_cost: an object with ``step_time(prefill_tokens, decode_seqs, context_tokens)``.
     """
-
-    def __init__(self, step_cost):
-        if not hasattr(step_cost, "step_time"):
-            raise TypeError(f"step_cost needs a step_time(prefill_tokens, decode_seqs, "
-                            f"context_tokens) method, got {step_cost!r}")
-        self.step_cost = step_cost
-
-    def __repr__(self) -> str:
-        return f"StaticBatchCost({self.step_cost!r})"
 
     def request_offsets(self, prompt_tokens, output_tokens) -> tuple[np.ndarray, np.ndarray]:
         """Per request, seconds from the batch's start to its first and to its last token."""
@@ -628,7 +632,7 @@ def request_offsets(cost, prompt_tokens, output_tokens) -> tuple[np.ndarray, np.
     return np.full(len(prompts), first), np.minimum(ends[outputs - 1], busy)
 
 
-class SplitStepCost:
+class SplitStepCost(_WrapsStepCost):
     """An engine-step cost for a server that runs a step's prefill and its decode as two model
     calls, as `tinymodel.generate_continuous` does (a prefill call, then a decode call):
 
@@ -641,15 +645,6 @@ class SplitStepCost:
     Args:
         step_cost: an object with ``step_time(prefill_tokens, decode_seqs, context_tokens)``.
     """
-
-    def __init__(self, step_cost):
-        if not hasattr(step_cost, "step_time"):
-            raise TypeError(f"step_cost needs a step_time(prefill_tokens, decode_seqs, "
-                            f"context_tokens) method, got {step_cost!r}")
-        self.step_cost = step_cost
-
-    def __repr__(self) -> str:
-        return f"SplitStepCost({self.step_cost!r})"
 
     def step_time(self, prefill_tokens: int, decode_seqs: int, context_tokens: int) -> float:
         """Seconds for a prefill call (if any prompt tokens) plus a decode call (if any)."""
