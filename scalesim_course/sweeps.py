@@ -5,7 +5,7 @@ from typing import Callable, Iterable
 
 import numpy as np
 
-from . import metrics, sim, theory
+from . import sim, theory
 from .workload import poisson_workload
 
 

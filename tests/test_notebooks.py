@@ -159,3 +159,51 @@ def test_01_hidden_tests_accept_other_correct_code_and_refuse_borrowed_code(tmp_
     assert scores["slo_report_tests"][0] == scores["slo_report_tests"][1]
     earned, _, message = scores["histogram_quantile_tests"]
     assert earned == 0 and message.startswith("OwnWorkError: histogram_quantile uses the package's")
+
+
+WRONG_01 = {
+    # plausible mistakes the hidden tests must catch: each would pass a careless eye
+    "latency_summary": '''
+def latency_summary(latencies):
+    xs = np.asarray(latencies, dtype=float)          # forgets to drop nan (unfinished)
+    if xs.size == 0:
+        raise ValueError("empty")
+    p50, p95, p99 = np.percentile(xs, [50, 95, 99])
+    return {"mean": float(xs.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99)}
+''',
+    "slo_report": '''
+def slo_report(ttft, tpot, ttft_slo, tpot_slo, duration):
+    ttft, tpot = np.asarray(ttft, dtype=float), np.asarray(tpot, dtype=float)
+    if ttft.size == 0 or ttft.shape != tpot.shape or duration <= 0:
+        raise ValueError("bad input")
+    ok = (ttft <= ttft_slo) & (tpot <= tpot_slo)     # a one-token answer (nan TPOT) misses
+    return float(ok.mean()), float(ok.sum() / duration)
+''',
+    "histogram_quantile": '''
+def histogram_quantile(q, bucket_upper_bounds, cumulative_counts):
+    if not 0 <= q <= 1:
+        raise ValueError("q")
+    le, counts = list(bucket_upper_bounds), list(cumulative_counts)
+    rank = q * counts[-1]
+    b = next(i for i, c in enumerate(counts) if c >= rank)
+    if b == len(le) - 1:
+        return le[-1]                                 # +Inf, not the second-highest bound
+    start, below = (le[b - 1], counts[b - 1]) if b else (0.0, 0.0)
+    return start + (le[b] - start) * (rank - below) / (counts[b] - below)
+''',
+}
+
+
+@pytest.mark.skipif("01_serving_fundamentals" not in ASSIGNMENTS, reason="no notebook 01")
+def test_01_hidden_tests_refuse_plausible_wrong_answers(tmp_path):
+    nb = nbformat.read(str(release_notebook("01_serving_fundamentals", REPO)), as_version=4)
+    for cell in nb.cells:
+        grade_id = nbgrader_meta(cell).get("grade_id")
+        if grade_id in WRONG_01:
+            cell.source = WRONG_01[grade_id].strip()
+    path = tmp_path / "01_serving_fundamentals.ipynb"
+    nbformat.write(nb, str(path))
+    report = grade(path, course_root_dir=REPO)
+    earned = {e.grade_id: e.earned for e in report.exercises}
+    assert earned == {"latency_summary_tests": 0, "slo_report_tests": 0,
+                      "histogram_quantile_tests": 0}

@@ -44,12 +44,9 @@ def test_cdf():
 
 
 def test_lifecycle_bars_follow_the_timestamps():
-    class Step:
-        def step_time(self, p, d, ctx):
-            return 0.01 + 1e-4 * p
-
     wl = Workload.build([0.0, 0.0, 0.05], prompt_tokens=[100, 300, 50], output_tokens=[5, 3, 8])
-    res = sim.simulate(wl, mode="iteration", cost=Step(), max_batch=1)
+    res = sim.simulate(wl, mode="iteration", cost=costmodel.LinearStepCost(0.01, 1e-4, 0.0, 0.0),
+                       max_batch=1)
     ax = plots.lifecycle(res)
     waits = [p.get_width() for p in ax.patches[:3]]
     assert waits == pytest.approx(res.queue_delay.tolist())

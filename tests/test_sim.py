@@ -4,20 +4,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from scalesim_course import costmodel, sim
+from scalesim_course import batching, costmodel, sim
 from scalesim_course.workload import Workload, load_azure_trace, poisson_workload
 
 CONV = Path(__file__).resolve().parents[2] / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
 
 
-class ConstantStep:
+def ConstantStep(d=1.0):
     """Every engine step takes `d` seconds, whatever it does: makes timings easy to predict."""
-
-    def __init__(self, d=1.0):
-        self.d = d
-
-    def step_time(self, prefill_tokens, decode_seqs, context_tokens):
-        return self.d
+    return costmodel.LinearStepCost(d, 0.0, 0.0, 0.0)
 
 
 def test_same_seed_same_run_with_a_random_router():
@@ -48,20 +43,10 @@ def test_least_outstanding_spreads_load():
     assert np.all(np.abs(share - 0.25) < 0.05)
 
 
-def dynamic_batcher(max_batch, max_delay):
-    def batcher(q):
-        if len(q) >= max_batch:
-            return max_batch
-        if q.now >= q[0].arrival + max_delay:   # the same sum as retry_at: no rounding gap
-            return len(q)
-        return sim.BatchDecision(0, q[0].arrival + max_delay)
-    return batcher
-
-
 def test_batcher_hook_forms_batches_by_size_and_delay():
     wl = Workload.build([0.0, 0.1, 0.2, 5.0, 5.05, 5.1, 5.15, 9.0])
     res = sim.simulate(wl, cost=costmodel.FixedBatchCost(0.5, 0.0),
-                       batcher=dynamic_batcher(3, 1.0), record_steps=True)
+                       batcher=batching.dynamic_batcher(3, 1.0), record_steps=True)
     sizes = [s[3] for s in res.steps]
     assert sizes == [3, 3, 1, 1]
     assert res.start.tolist() == pytest.approx([0.2, 0.2, 0.2, 5.1, 5.1, 5.1, 6.15, 10.0])
@@ -149,12 +134,9 @@ def test_azure_like_replay_with_roofline_free_cost():
 
 @pytest.mark.skipif(not CONV.exists(), reason="shared Azure traces not present")
 def test_hour_of_the_conversation_trace_replays():
-    class Linear:
-        def step_time(self, p, d, ctx):
-            return 0.005 + 2e-5 * p + 1e-4 * d + 1e-8 * ctx
-
     wl = load_azure_trace(CONV)
-    res = sim.simulate(wl, mode="iteration", cost=Linear(), kv_capacity=200_000)
+    cost = costmodel.LinearStepCost(0.005, 2e-5, 1e-4, 1e-8)
+    res = sim.simulate(wl, mode="iteration", cost=cost, kv_capacity=200_000)
     assert res.completed.all() and len(wl) == 19_366
 
 
@@ -163,7 +145,7 @@ def test_hour_of_the_conversation_trace_replays():
     (dict(servers=0), ValueError, "servers"),
     (dict(mode="batch"), ValueError, "mode"),
     (dict(mode="iteration"), TypeError, "step_time"),
-    (dict(cost=ConstantStep()), TypeError, "batch_timing"),
+    (dict(cost=object()), TypeError, "batch_timing"),
     (dict(router="round robin", replicas=2), TypeError, "router"),
     (dict(max_batch=0), ValueError, "max_batch"),
     (dict(startup_delay=-1.0), ValueError, "startup_delay"),
