@@ -281,6 +281,32 @@ def bucketed_batches(lengths: Sequence[int], bucket_bounds: Sequence[int], batch
     return out
 
 
+def dynamic_batches_per_queue(arrival: Sequence[float], queues, max_batch: int,
+                              max_delay: float, form_fn: Callable | None = None
+                              ) -> tuple[list[list[int]], np.ndarray]:
+    """Dynamic batches formed separately in each queue (e.g. one queue per length bucket).
+
+    Args:
+        arrival: every request's arrival time.
+        queues: for each queue, the indices of its requests in arrival order.
+        max_batch, max_delay: as in `form_dynamic_batches`.
+        form_fn: the batch-forming function (a learner's may replace the reference).
+    Returns:
+        (batches of request indices, each request's wait from arrival to dispatch, in the
+        order the batches list them).
+    """
+    form_fn = form_fn or form_dynamic_batches
+    arrival = np.asarray(arrival, dtype=float)
+    batches, waits = [], []
+    for queue in queues:
+        queue = np.asarray(queue, dtype=int)
+        formed, due = form_fn(arrival[queue], max_batch, max_delay)
+        for members, t in zip(formed, due):
+            batches.append([int(queue[i]) for i in members])
+            waits += [t - arrival[queue[i]] for i in members]
+    return batches, np.array(waits)
+
+
 # ----------------------------------------------------------------------------- exercise 3
 class Seq(NamedTuple):
     """A request as the continuous-batching step sees it.

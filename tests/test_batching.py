@@ -597,3 +597,12 @@ def test_handing_in_the_package_function_is_refused(notebook_namespace, test_id,
     source = f"from scalesim_course.batching import {reference}\n"
     with pytest.raises(OwnWorkError):
         run_graded(notebook_namespace, test_id, source)
+
+
+def test_dynamic_batches_per_queue_serves_each_request_once():
+    arrival = np.sort(np.random.default_rng(3).uniform(0, 1, 200))
+    queues = [np.arange(0, 200, 2), np.arange(1, 200, 2)]
+    formed, waits = batching.dynamic_batches_per_queue(arrival, queues, 8, 0.02)
+    assert sorted(i for b in formed for i in b) == list(range(200))
+    assert all(len(b) <= 8 for b in formed) and all(set(b) <= set(queues[b[0] % 2]) for b in formed)
+    assert len(waits) == 200 and waits.min() >= 0 and waits.max() <= 0.02 + 1e-12
