@@ -18,12 +18,18 @@ traffic at the attainable bandwidth; the larger of the two wins:
 
     seconds = max(FLOPs / (peak_flops * mfu), bytes / (mem_bandwidth * mbu)) + step_overhead_s
 
-* FLOPs: 2 * n_params per token for the matrix multiplies (Kaplan et al., "Scaling Laws for
-  Neural Language Models", arXiv:2001.08361, section 2.1: one multiply-add per weight per
-  token), plus attention: Q.K^T and softmax.V each cost 2 * n_heads * head_dim FLOPs per
-  (query token, cached token) pair in every layer, so 4 * n_layers * n_heads * head_dim per pair.
-* bytes: every weight is read once per pass, however many tokens share it, plus the KV cache
-  of every context token (read in decode, written in prefill).
+* FLOPs: 2 * N per token for the matrix multiplies, where N counts the weights that take part
+  in a matrix multiply (Kaplan et al., "Scaling Laws for Neural Language Models",
+  arXiv:2001.08361, section 2.1: one multiply-add per weight per token; like Kaplan's
+  C_forward = 2N they leave the input embedding out). The input-embedding table is a lookup,
+  not a matmul, so its vocab_size * d_model weights are left out (`ModelSpec.matmul_params`);
+  the output projection (LM head) stays, and a model whose LM head is tied to the embedding
+  table keeps the table in (it is the head's matmul). Plus attention: Q.K^T and softmax.V each
+  cost 2 * n_heads * head_dim FLOPs per (query token, cached token) pair in every layer, so
+  4 * n_layers * n_heads * head_dim per pair.
+* bytes: every matmul weight is read once per pass, however many tokens share it (the
+  embedding rows a pass looks up, d_model values per token, are negligible and left out), plus
+  the KV cache of every context token (read in decode, written in prefill).
 
 Decode reads all the weights to produce one token per sequence, so at small batch it is
 memory-bound; batching more sequences into one step shares that read until the arithmetic
@@ -135,7 +141,10 @@ class ModelSpec:
             (num_hidden_layers, num_attention_heads, num_key_value_heads, head_dim or
             hidden_size / num_attention_heads, hidden_size). n_kv_heads < n_heads is
             grouped-query attention (GQA): fewer K/V heads, a smaller KV cache.
-        vocab_size: for reference; not used in the cost.
+        vocab_size: rows of the input-embedding table (vocab_size * d_model weights, a lookup
+            that the roofline leaves out of FLOPs and bytes read; see `matmul_params`).
+        tied_embeddings: the LM head reuses the embedding table (config.json
+            tie_word_embeddings), so the table is a matmul weight after all.
         bytes_per_param: bytes per weight: 2 for FP16/BF16, 1 for INT8/FP8, 0.5 for 4-bit.
         kv_bytes_per_value: bytes per cached K or V number; None means bytes_per_param.
         source: where the numbers come from.
@@ -152,6 +161,7 @@ class ModelSpec:
     bytes_per_param: float = 2.0
     kv_bytes_per_value: Optional[float] = None
     source: str = ""
+    tied_embeddings: bool = False
 
     def __post_init__(self):
         if not isinstance(self.name, str) or not self.name:
@@ -163,6 +173,11 @@ class ModelSpec:
         check_positive("bytes_per_param", self.bytes_per_param)
         if self.kv_bytes_per_value is not None:
             check_positive("kv_bytes_per_value", self.kv_bytes_per_value)
+        if not isinstance(self.tied_embeddings, bool):
+            raise TypeError(f"tied_embeddings must be True or False, got {self.tied_embeddings!r}")
+        if self.vocab_size is not None and self.vocab_size * self.d_model >= self.n_params:
+            raise ValueError(f"n_params={self.n_params} must exceed the embedding table "
+                             f"vocab_size * d_model = {self.vocab_size * self.d_model}")
         if self.n_heads % self.n_kv_heads:
             raise ValueError(f"n_heads={self.n_heads} must be a multiple of "
                              f"n_kv_heads={self.n_kv_heads}")
@@ -176,8 +191,21 @@ class ModelSpec:
 
     @property
     def weight_bytes(self) -> float:
-        """Bytes of all the weights: n_params * bytes_per_param."""
+        """Bytes of all the weights in memory: n_params * bytes_per_param."""
         return self.n_params * self.bytes_per_param
+
+    @property
+    def matmul_params(self) -> int:
+        """Weights used in matrix multiplies: n_params less the input-embedding table
+        (vocab_size * d_model), unless the LM head is tied to it or vocab_size is unknown."""
+        if self.vocab_size is None or self.tied_embeddings:
+            return self.n_params
+        return self.n_params - self.vocab_size * self.d_model
+
+    @property
+    def matmul_weight_bytes(self) -> float:
+        """Bytes of weight read by one forward pass: matmul_params * bytes_per_param."""
+        return self.matmul_params * self.bytes_per_param
 
 
 @dataclass(frozen=True)
@@ -230,7 +258,7 @@ MODELS: dict[str, ModelSpec] = {m.name: m for m in (
               head_dim=128, d_model=4096, vocab_size=32_000,
               source=_HF.format("mistralai/Mistral-7B-v0.1")),
     ModelSpec("qwen2-0.5b", n_params=494_032_768, n_layers=24, n_heads=14, n_kv_heads=2,
-              head_dim=64, d_model=896, vocab_size=151_936,
+              head_dim=64, d_model=896, vocab_size=151_936, tied_embeddings=True,
               source=_HF.format("Qwen/Qwen2-0.5B")),
 )}
 
@@ -370,9 +398,9 @@ class RooflineCost:
         self.flop_rate = self.gpu.peak_flops * self.n_gpus * self.mfu       # FLOP/s attained
         self.byte_rate = self.gpu.mem_bandwidth * self.n_gpus * self.mbu    # bytes/s attained
         # Seconds per unit of work, precomputed so that step_time is a few multiplications.
-        self._s_token = 2.0 * m.n_params / self.flop_rate                    # matmuls, a token
+        self._s_token = 2.0 * m.matmul_params / self.flop_rate               # matmuls, a token
         self._s_pair = 4.0 * m.n_layers * m.n_heads * m.head_dim / self.flop_rate  # attention
-        self._s_weights = m.weight_bytes / self.byte_rate                    # all weights once
+        self._s_weights = m.matmul_weight_bytes / self.byte_rate             # weights read once
         self._s_kv = m.kv_bytes_per_token / self.byte_rate                   # a cached token
 
     def __repr__(self) -> str:
@@ -467,8 +495,9 @@ class RooflineCost:
         check_int("batch", batch, minimum=1)
         check_int("context_per_seq", context_per_seq, minimum=0)
         m, context = self.model, batch * context_per_seq
-        flops = 2.0 * m.n_params * batch + 4.0 * m.n_layers * m.n_heads * m.head_dim * context
-        return flops / (m.weight_bytes + m.kv_bytes_per_token * context)
+        flops = (2.0 * m.matmul_params * batch
+                 + 4.0 * m.n_layers * m.n_heads * m.head_dim * context)
+        return flops / (m.matmul_weight_bytes + m.kv_bytes_per_token * context)
 
     def ridge_batch(self, context_per_seq: int = 0) -> float:
         """The decode batch size at which compute time catches up with memory time.

@@ -13,7 +13,8 @@ from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from ._checks import check_positive, check_in_range, check_int, rng_from
+from ._checks import (check_in_range, check_int, check_non_negative, check_number,
+                      check_positive, rng_from)
 
 # Published statistics of the Azure LLM inference trace 2023, conversation service
 # (Patel et al., "Splitwise", ISCA 2024; Azure Public Dataset, AzureLLMInferenceTrace_conv.csv).
@@ -60,6 +61,12 @@ class Workload:
             raise ValueError("arrival times must be sorted (use Workload.build, which sorts)")
         if np.any(self.prompt_tokens < 1) or np.any(self.output_tokens < 1):
             raise ValueError("prompt_tokens and output_tokens must be >= 1 for every request")
+        st = np.asarray(self.service_time, dtype=float)
+        bad = ~np.isnan(st) & ~(np.isfinite(st) & (st > 0))
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise ValueError(f"service_time must be > 0 and finite (or nan when unused), got "
+                             f"{st[i]!r} for request {i}")
 
     @classmethod
     def build(cls, arrival, prompt_tokens=None, output_tokens=None, service_time=None,
@@ -71,16 +78,30 @@ class Workload:
             raise ValueError("workload is empty: arrival has no entries")
         order = np.argsort(arrival, kind="stable")
 
-        def col(values, default, dtype):
+        def col(name, values, default, dtype):
             if values is None:
                 return np.full(n, default, dtype=dtype)
-            values = np.asarray(values, dtype=dtype)
-            if values.shape != (n,):
-                raise ValueError(f"expected {n} values to match arrival, got shape {values.shape}")
-            return values[order]
+            raw = np.asarray(values)
+            if raw.shape != (n,):
+                raise ValueError(f"{name}: expected {n} values to match arrival, "
+                                 f"got shape {raw.shape}")
+            if dtype is not float:
+                # Token counts and ids are whole numbers: refuse 1.5 or nan rather than
+                # truncating them silently.
+                if raw.dtype.kind == "b" or raw.dtype.kind not in "iuf":
+                    raise TypeError(f"{name} must hold whole numbers, got dtype {raw.dtype}")
+                if raw.dtype.kind == "f":
+                    bad = ~np.isfinite(raw) | (raw != np.round(raw))
+                    if bad.any():
+                        i = int(np.argmax(bad))
+                        raise ValueError(f"{name} must hold whole numbers, got {raw[i]!r} "
+                                         f"at position {i}")
+            return raw.astype(dtype)[order]
 
-        return cls(arrival[order], col(prompt_tokens, 1, np.int64), col(output_tokens, 1, np.int64),
-                   col(service_time, math.nan, float), col(prompt_id, -1, np.int64))
+        return cls(arrival[order], col("prompt_tokens", prompt_tokens, 1, np.int64),
+                   col("output_tokens", output_tokens, 1, np.int64),
+                   col("service_time", service_time, math.nan, float),
+                   col("prompt_id", prompt_id, -1, np.int64))
 
     def __len__(self) -> int:
         return len(self.arrival)
@@ -150,7 +171,11 @@ def thinned_arrivals(rate_fn: Callable[[np.ndarray], np.ndarray], max_rate: floa
     n = rng.poisson(max_rate * duration)
     candidates = np.sort(rng.uniform(0.0, duration, n))
     rates = np.asarray(rate_fn(candidates), dtype=float)
-    if np.any(rates > max_rate * (1 + 1e-9)) or np.any(rates < 0):
+    if rates.shape != candidates.shape:
+        raise ValueError(f"rate_fn must return one rate per time: {len(candidates)} times gave "
+                         f"shape {rates.shape}")
+    if (not np.all(np.isfinite(rates)) or np.any(rates > max_rate * (1 + 1e-9))
+            or np.any(rates < 0)):
         raise ValueError(f"rate_fn must stay within [0, max_rate={max_rate}] on [0, {duration}]")
     kept = candidates[rng.uniform(0.0, max_rate, n) < rates]
     if len(kept) == 0:
@@ -171,6 +196,15 @@ def diurnal_rate(base: float, amplitude: float = 0.5, period: float = 86_400.0,
     check_positive("base", base)
     check_in_range("amplitude", amplitude, 0.0, 1.0)
     check_positive("period", period)
+    spikes = tuple(spikes)
+    for i, spike in enumerate(spikes):
+        if len(spike) != 3:
+            raise ValueError(f"spikes[{i}] must be (start, length, extra_rate), got {spike!r}")
+        check_non_negative(f"spikes[{i}] start", spike[0])
+        check_positive(f"spikes[{i}] length", spike[1])
+        check_number(f"spikes[{i}] extra_rate", spike[2])
+        if base * (1 - amplitude) + spike[2] < 0:
+            raise ValueError(f"spikes[{i}] extra_rate={spike[2]!r} would make the rate negative")
 
     def rate(t):
         t = np.asarray(t, dtype=float)
@@ -190,21 +224,28 @@ def lognormal_lengths(mean: float, median: float, n: int, seed=0, maximum: int |
 
     A lognormal with median m and mean M has mu = ln m and sigma = sqrt(2 ln(M / m)).
     """
+    check_positive("mean", mean)
     check_positive("median", median)
+    if maximum is not None:
+        check_int("maximum", maximum, minimum=1)
     if mean < median:
         raise ValueError(f"mean={mean} must be >= median={median} for a lognormal")
     check_int("n", n, minimum=1)
     sigma = math.sqrt(2 * math.log(mean / median))
     x = rng_from(seed).lognormal(math.log(median), sigma, n)
     x = np.maximum(1, np.rint(x)).astype(np.int64)
-    return np.minimum(x, maximum) if maximum else x
+    return np.minimum(x, maximum) if maximum is not None else x
 
 
 def empirical_lengths(samples, n: int, seed=0) -> np.ndarray:
     """Token counts resampled (with replacement) from observed values."""
-    samples = np.asarray(samples, dtype=np.int64)
-    if samples.size == 0:
+    raw = np.asarray(samples)
+    if raw.size == 0:
         raise ValueError("samples is empty: need observed lengths to resample from")
+    if raw.dtype.kind not in "iuf" or (raw.dtype.kind == "f" and not np.all(
+            np.isfinite(raw) & (raw == np.round(raw)))):
+        raise ValueError(f"samples must be whole token counts, got {raw.ravel()[:5]!r}...")
+    samples = raw.astype(np.int64)
     if np.any(samples < 1):
         raise ValueError("samples must all be >= 1 token")
     check_int("n", n, minimum=1)
@@ -251,8 +292,14 @@ def azure_like(duration: float = 3600.0, rate: float = AZURE_CONV_RATE, seed=0,
     lognormal prompt tokens (mean 1155, median 1020) and output tokens (mean 211, median 129).
     """
     check_positive("duration", duration)
+    check_positive("rate", rate)
+    if max_tokens is not None:
+        check_int("max_tokens", max_tokens, minimum=1)
     rng = rng_from(seed)
-    n = max(1, rng.poisson(rate * duration))
+    n = int(rng.poisson(rate * duration))
+    if n == 0:
+        raise ValueError(f"no request arrived in duration={duration!r} s at rate={rate!r}/s: "
+                         "raise the rate or the duration")
     arrival = np.sort(rng.uniform(0.0, duration, n))
     prompt = lognormal_lengths(*AZURE_CONV_PROMPT, n, rng, maximum=max_tokens)
     output = lognormal_lengths(*AZURE_CONV_OUTPUT, n, rng, maximum=max_tokens)
@@ -266,6 +313,8 @@ def load_azure_trace(path, limit: int | None = None) -> Workload:
     ValueError naming its line number. Requests with 0 generated tokens are counted as 1.
     """
     path = Path(path)
+    if limit is not None:
+        check_int("limit", limit, minimum=1)
     times, prompts, outputs = [], [], []
     with path.open(newline="") as f:
         reader = csv.reader(f)

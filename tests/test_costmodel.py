@@ -96,18 +96,20 @@ def test_lookup_by_name():
 def test_decode_at_batch_one_reads_the_weights():
     cost = ideal()
     t = cost.step_time(0, 1, 0)
-    assert t == pytest.approx(MODELS["llama-2-7b"].weight_bytes / 2.039e12)  # memory-bound
-    assert 6e-3 < t < 7.5e-3                                               # about 7 ms
+    # memory-bound: the matmul weights, 6,738,415,616 - 32,000 * 4,096 (the input-embedding
+    # table is a lookup) = 6,607,343,616 weights of 2 bytes, read at 2.039 TB/s
+    assert t == pytest.approx(6_607_343_616 * 2 / 2.039e12)
+    assert t == pytest.approx(6.481e-3, rel=1e-4)
     assert cost.decode_intensity(1) < cost.ridge_point
     # with context, the KV cache is read too
     assert cost.step_time(0, 1, 1000) == pytest.approx(
-        (MODELS["llama-2-7b"].weight_bytes + 1000 * 524_288) / 2.039e12)
+        (6_607_343_616 * 2 + 1000 * 524_288) / 2.039e12)
 
 
 def test_long_prefill_is_compute_bound():
     cost = ideal()
     t = cost.step_time(2048, 0, 0)
-    matmuls = 2 * MODELS["llama-2-7b"].n_params * 2048 / 312e12
+    matmuls = 2 * 6_607_343_616 * 2048 / 312e12     # matmul weights only (no embedding lookup)
     attention = 4 * 32 * 4096 * (2048 * 2048 / 2) / 312e12
     assert t == pytest.approx(matmuls + attention)
     assert t == pytest.approx(cost.prefill_time([2048]))
@@ -148,7 +150,7 @@ def test_decode_throughput_linear_below_ridge_then_flat():
     assert np.all(np.diff(thr) >= -1e-12 * thr[1:])  # non-decreasing, to rounding
     below = sizes <= ridge
     np.testing.assert_allclose(thr[below], sizes[below] * thr[0])            # linear
-    plateau = cost.flop_rate / (2 * MODELS["llama-2-7b"].n_params)         # tokens/s at peak
+    plateau = cost.flop_rate / (2 * 6_607_343_616)                         # tokens/s at peak
     np.testing.assert_allclose(thr[sizes >= ridge], plateau)               # saturated
     # with long contexts the KV reads also grow with the batch: the step never turns
     # compute-bound, and throughput approaches byte_rate / (kv bytes per token) instead
@@ -285,3 +287,41 @@ def test_invalid_cost_arguments_name_the_parameter():
         LinearStepCost.fit([StepRecord(1, 0, 0, 1.0), StepRecord(1, 0, 0, 0.0)])
     with pytest.raises(ValueError, match="batch_sizes must be integers >= 1"):
         RooflineCost("llama-2-7b", "t4").decode_throughput([0, 1])
+
+
+# ----------------------------------------------------------------------------- which weights count
+def test_embedding_table_is_a_lookup_not_a_matmul():
+    # vocab_size * d_model weights come off n_params; worked out by hand from config.json
+    assert MODELS["llama-2-7b"].matmul_params == 6_738_415_616 - 32_000 * 4_096 == 6_607_343_616
+    assert MODELS["llama-3-8b"].matmul_params == 7_504_924_672      # 8,030,261,248 - 128,256*4,096
+    # Qwen2-0.5B ties its LM head to the embedding table: the table is the head's matmul
+    assert MODELS["qwen2-0.5b"].matmul_params == 494_032_768
+    m = ModelSpec("m", n_params=1000, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=4, d_model=4)
+    assert m.matmul_params == 1000                                    # vocab unknown: all count
+    assert MODELS["llama-2-7b"].weight_bytes == 6_738_415_616 * 2    # memory holds the table
+
+
+def test_kv_bytes_per_token_follows_heads_and_kv_dtype():
+    assert MODELS["llama-2-7b"].kv_bytes_per_token == 2 * 32 * 32 * 128 * 2 == 524_288
+    assert MODELS["llama-3-8b"].kv_bytes_per_token == 2 * 32 * 8 * 128 * 2 == 131_072
+    fp8_kv = ModelSpec("m8", n_params=8_030_261_248, n_layers=32, n_heads=32, n_kv_heads=8,
+                       head_dim=128, d_model=4096, kv_bytes_per_value=1)
+    assert fp8_kv.kv_bytes_per_token == 65_536
+    int4 = ModelSpec("m4", n_params=8_030_261_248, n_layers=32, n_heads=32, n_kv_heads=8,
+                     head_dim=128, d_model=4096, bytes_per_param=0.5)
+    assert int4.kv_bytes_per_token == 32_768                          # KV follows the weights
+
+
+def test_decode_intensity_counts_kv_bytes_and_attention_with_context():
+    cost = ideal()
+    # batch 4, 1000 cached tokens each (4000 in all):
+    # FLOPs = 2 * 6,607,343,616 * 4 + 4 * 32 * 32 * 128 * 4000 = 54,955,900,928
+    # bytes = 6,607,343,616 * 2 + 524,288 * 4000              = 15,311,839,232
+    assert cost.decode_intensity(4, 1000) == pytest.approx(54_955_900_928 / 15_311_839_232)
+    assert cost.decode_intensity(1) == pytest.approx(1.0)               # fp16: 2 FLOPs / 2 B
+
+
+def test_model_spec_refuses_an_embedding_larger_than_the_model():
+    with pytest.raises(ValueError, match="embedding table"):
+        ModelSpec("m", n_params=100, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=4, d_model=10,
+                  vocab_size=10)

@@ -111,7 +111,36 @@ def test_real_conversation_trace_statistics():
     (lambda: w.poisson_workload(1.0, 10, service_rate=0), "service_rate"),
     (lambda: w.poisson_arrivals(float("nan"), 10), "rate"),
     (lambda: w.poisson_arrivals("fast", 10), "rate"),
+    # found by review: nan mean gave -9.2e18 tokens; rate=0 gave one request, rate=-1 failed
+    # inside numpy; fractional or nan token counts were truncated silently
+    (lambda: w.lognormal_lengths(float("nan"), 10, 5), "mean"),
+    (lambda: w.lognormal_lengths(100, 10, 5, maximum=0), "maximum"),
+    (lambda: w.azure_like(60, rate=0), "rate"),
+    (lambda: w.azure_like(60, rate=-1), "rate"),
+    (lambda: w.azure_like(1e-3, rate=1e-3), "no request arrived"),
+    (lambda: w.Workload.build([0.0, 1.0], prompt_tokens=[10, 2.5]), "prompt_tokens"),
+    (lambda: w.Workload.build([0.0, 1.0], output_tokens=[10, float("nan")]), "output_tokens"),
+    (lambda: w.Workload.build([0.0], prompt_tokens=["ten"]), "prompt_tokens"),
+    (lambda: w.Workload.build([0.0, 1.0], service_time=[1.0, -5.0]), "service_time"),
+    (lambda: w.Workload.build([0.0], service_time=[float("inf")]), "service_time"),
+    (lambda: w.empirical_lengths([3, 4.5], 5), "samples"),
+    (lambda: w.thinned_arrivals(lambda t: np.full_like(t, np.nan), 1.0, 100.0), "rate_fn"),
+    (lambda: w.diurnal_rate(1.0, spikes=[(0, 10)]), "spikes"),
+    (lambda: w.diurnal_rate(1.0, amplitude=0.5, spikes=[(0, 10, -1.0)]), "spikes"),
+    (lambda: w.load_azure_trace(CONV, limit=0), "limit"),
 ])
 def test_bad_input_names_the_parameter(call, name):
     with pytest.raises((ValueError, TypeError), match=name):
         call()
+
+
+def test_whole_float_token_counts_are_accepted_exactly():
+    wl = w.Workload.build([1.0, 0.0], prompt_tokens=[10.0, 3.0], output_tokens=[2, 7])
+    assert wl.prompt_tokens.tolist() == [3, 10] and wl.output_tokens.tolist() == [7, 2]
+    assert wl.prompt_tokens.dtype == np.int64
+
+
+def test_lognormal_maximum_caps_and_unset_maximum_does_not():
+    x = w.lognormal_lengths(1155, 1020, 10_000, seed=3, maximum=1000)
+    assert x.max() == 1000
+    assert w.lognormal_lengths(1155, 1020, 10_000, seed=3).max() > 1000
