@@ -99,22 +99,3 @@ def test_mg1_lognormal_wait_matches_pollaczek_khinchine():
     lam, scv = 0.7, 2.0
     got = replications(lambda r, w: r.queue_delay[w].mean(), lam=lam, mu=1.0, scv=scv)
     assert_agrees(got, theory.mg1_wait_mean(lam, 1.0, scv), max_rel=0.08)
-
-
-# ----------------------------------------------------------------------------- exact values
-# Each worked by hand at non-unit rates, so a formula that drops mu (or c) is caught.
-@pytest.mark.parametrize("call, expected", [
-    (lambda: theory.mm1_sojourn_mean(3.0, 5.0), 1 / (5 - 3)),                    # 0.5
-    (lambda: theory.mm1_sojourn_quantile(3.0, 5.0, 0.99), math.log(100) / 2),    # -ln(0.01)/(mu-lam)
-    (lambda: theory.mm1_number_mean(3.0, 5.0), 0.6 / 0.4),                       # rho/(1-rho)
-    (lambda: theory.md1_wait_mean(3.0, 5.0), 0.6 / (2 * 5 * 0.4)),               # 0.15
-    # P-K: lam E[S^2] / (2 (1 - rho)), E[S^2] = (1 + scv) E[S]^2 = 3 * 0.04
-    (lambda: theory.mg1_wait_mean(3.0, 0.2, 2.0), 3 * 0.12 / (2 * 0.4)),         # 0.45
-    # Erlang C with c = 2, a = 1: (1/2 * 2) / (1 + 1 + 1/2 * 2) = 1/3
-    (lambda: theory.erlang_c(2, 1.0), 1 / 3),
-    # M/M/2, lam = 2, mu = 2: a = 1, Wq = C / (c mu - lam) = (1/3) / 2
-    (lambda: theory.mmc_wait_mean(2.0, 2.0, 2), 1 / 6),
-    (lambda: theory.tail_at_scale(0.05, 10), 1 - 0.95 ** 10),
-])
-def test_formulas_at_non_unit_rates(call, expected):
-    assert call() == pytest.approx(expected, rel=1e-12)
