@@ -66,7 +66,7 @@ class Workload:
         if bad.any():
             i = int(np.argmax(bad))
             raise ValueError(f"service_time must be > 0 and finite (or nan when unused), got "
-                             f"{st[i]!r} for request {i}")
+                             f"{float(st[i])!r} for request {i}")
 
     @classmethod
     def build(cls, arrival, prompt_tokens=None, output_tokens=None, service_time=None,
@@ -94,7 +94,7 @@ class Workload:
                     bad = ~np.isfinite(raw) | (raw != np.round(raw))
                     if bad.any():
                         i = int(np.argmax(bad))
-                        raise ValueError(f"{name} must hold whole numbers, got {raw[i]!r} "
+                        raise ValueError(f"{name} must hold whole numbers, got {raw[i].item()!r} "
                                          f"at position {i}")
             return raw.astype(dtype)[order]
 
