@@ -351,3 +351,44 @@ def test_loader_header_spaces_and_timestamps(tmp_path):
     (tmp_path / "none.csv").write_text("")
     with pytest.raises(ValueError, match="line 1 must be the header"):
         w.load_azure_trace(tmp_path / "none.csv")
+
+
+def test_documented_defaults():
+    assert np.array_equal(w.gamma_arrivals(1.0, 50, seed=3), w.gamma_arrivals(1.0, 50, 1.0, 3))
+    assert np.array_equal(w.zipf_prompt_ids(50, 9, seed=3), w.zipf_prompt_ids(50, 9, 1.0, 3))
+    a, b = (w.poisson_workload(1.0, 50, service_rate=2.0, seed=3),
+            w.poisson_workload(1.0, 50, service_rate=2.0, scv=1.0, seed=3))
+    assert np.array_equal(a.service_time, b.service_time)
+    day = w.diurnal_rate(10.0)
+    np.testing.assert_allclose(day(np.array([0.0, 43_200.0, 86_400.0])), [5.0, 15.0, 5.0])
+    wl = w.azure_like(seed=3)
+    assert 3500 < wl.duration <= 3600.0 and wl.prompt_tokens.max() <= 8192
+    assert wl.rate == pytest.approx(5.53, rel=0.05)
+
+
+def test_seeded_draws_are_reproducible_end_to_end():
+    for make in (lambda s: w.poisson_workload(1.0, 20, service_rate=2.0, seed=s).service_time,
+                 lambda s: w.azure_like(100.0, seed=s).prompt_tokens,
+                 lambda s: w.azure_like(100.0, seed=s).output_tokens):
+        assert np.array_equal(make(4), make(4)) and not np.array_equal(make(4), make(5))
+
+
+def test_smallest_allowed_values():
+    assert w.lognormal_lengths(100, 10, 20, seed=1, maximum=1).tolist() == [1] * 20
+    wl = w.Workload.build([0.0, 1.0, 2.0], prompt_tokens=[4, 5, 6], output_tokens=[7, 8, 9],
+                          prompt_id=[3, 2, 1])
+    with pytest.raises(ValueError, match="n must be >= 1, got 0"):
+        wl.head(0)
+    assert len(wl.head(1)) == 1
+    s = wl.with_service([0.5, 0.25, 2.0])
+    assert s.output_tokens.tolist() == [7, 8, 9] and s.prompt_id.tolist() == [3, 2, 1]
+    assert [r.service_time for r in s.requests()] == [0.5, 0.25, 2.0]
+    zero_floor = w.diurnal_rate(10.0, amplitude=0.5, spikes=[(0.0, 1.0, -5.0)])
+    assert zero_floor(np.array([0.0]))[0] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_loader_accepts_one_token_prompts_and_limit_one(tmp_path):
+    p = write_trace(tmp_path / "o.csv", ["2023-11-16 18:15:46.0,1,1",
+                                         "2023-11-16 18:15:47.0,2,1"])
+    assert w.load_azure_trace(p).prompt_tokens.tolist() == [1, 2]
+    assert len(w.load_azure_trace(p, limit=1)) == 1
