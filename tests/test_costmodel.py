@@ -325,3 +325,128 @@ def test_model_spec_refuses_an_embedding_larger_than_the_model():
     with pytest.raises(ValueError, match="embedding table"):
         ModelSpec("m", n_params=100, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=4, d_model=10,
                   vocab_size=10)
+
+
+# ----------------------------------------------------------------------------- exact edges
+_SPEC = dict(name="m", n_params=100, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=8, d_model=4)
+
+
+@pytest.mark.parametrize("call, error, message", [
+    (lambda: ExponentialService(0), ValueError, "^mean must be > 0, got 0$"),
+    (lambda: ExponentialService(1.0).sample(0), ValueError, "^n must be >= 1, got 0$"),
+    (lambda: DeterministicService(-1.0), ValueError, "^time must be > 0, got -1.0$"),
+    (lambda: DeterministicService(1.0).sample(0), ValueError, "^n must be >= 1, got 0$"),
+    (lambda: LognormalService(0, 1.0), ValueError, "^mean must be > 0, got 0$"),
+    (lambda: LognormalService(1.0, 0), ValueError, "^scv must be > 0, got 0$"),
+    (lambda: LognormalService(1.0, 2.0).sample(0), ValueError, "^n must be >= 1, got 0$"),
+    (lambda: service_distribution(1.0, -1), ValueError, "^scv must be >= 0, got -1$"),
+    (lambda: FixedBatchCost(setup=-1, per_request=2), ValueError, "^setup must be >= 0, got -1$"),
+    (lambda: FixedBatchCost(setup=1, per_request=-2), ValueError,
+     "^per_request must be >= 0, got -2$"),
+    (lambda: FixedBatchCost(setup=0, per_request=0), ValueError,
+     r"^setup \+ per_request must be > 0$"),
+    (lambda: ModelSpec(**{**_SPEC, "name": ""}), ValueError,
+     "^name must be a non-empty string, got ''$"),
+    (lambda: ModelSpec(**{**_SPEC, "name": 7}), ValueError, "^name must be a non-empty string"),
+    (lambda: ModelSpec(**{**_SPEC, "vocab_size": 0}), ValueError,
+     "^vocab_size must be >= 1, got 0$"),
+    (lambda: ModelSpec(**{**_SPEC, "kv_bytes_per_value": 0}), ValueError,
+     "^kv_bytes_per_value must be > 0, got 0$"),
+    (lambda: ModelSpec(**{**_SPEC, "tied_embeddings": 1}), TypeError,
+     "^tied_embeddings must be True or False, got 1$"),
+    (lambda: ModelSpec(**{**_SPEC, "vocab_size": 25}), ValueError,
+     r"^n_params=100 must exceed the embedding table vocab_size \* d_model = 100$"),
+    (lambda: ModelSpec(**{**_SPEC, "n_kv_heads": 3}), ValueError,
+     "^n_heads=4 must be a multiple of n_kv_heads=3$"),
+    (lambda: GpuSpec("", 1.0, 1.0, 1.0), ValueError, "^name must be a non-empty string"),
+    (lambda: GpuSpec("g", 1.0, 0.0, 1.0), ValueError, "^mem_bandwidth must be > 0, got 0.0$"),
+    (lambda: GpuSpec("g", 1.0, 1.0, 0.0), ValueError, "^mem_bytes must be > 0, got 0.0$"),
+    (lambda: get_gpu("b200"), ValueError, "^unknown gpu 'b200'; valid names: a100-80gb-sxm, "),
+    (lambda: get_model("gpt-5"), ValueError, "^unknown model 'gpt-5'; valid names: llama-2-7b, "),
+    (lambda: RooflineCost("llama-2-7b", "a100-80gb-sxm", step_overhead_s=-1), ValueError,
+     "^step_overhead_s must be >= 0, got -1$"),
+    (lambda: ideal().max_kv_tokens(0), ValueError, "^utilization must be > 0, got 0$"),
+    (lambda: ideal().memory_ok(0, 10), ValueError, "^batch must be >= 1, got 0$"),
+    (lambda: ideal().memory_ok(1, -1), ValueError, "^context_per_seq must be >= 0, got -1$"),
+    (lambda: ideal().decode_intensity(0), ValueError, "^batch must be >= 1, got 0$"),
+    (lambda: ideal().decode_intensity(1, -1), ValueError, "^context_per_seq must be >= 0, got -1$"),
+    (lambda: ideal().ridge_batch(-1), ValueError, "^context_per_seq must be >= 0, got -1$"),
+    (lambda: ideal().decode_throughput([1], -1), ValueError,
+     "^context_per_seq must be >= 0, got -1$"),
+    (lambda: ideal().decode_throughput([], 0), ValueError, "^batch_sizes must be integers >= 1"),
+    (lambda: ideal().decode_throughput([1.0, 2.0]), ValueError, "^batch_sizes must be integers"),
+    (lambda: ideal().decode_throughput([0, 2]), ValueError, "^batch_sizes must be integers"),
+    (lambda: ideal().prefill_time([]), ValueError, "^prompt_tokens must be non-empty, all >= 1"),
+    (lambda: ideal().prefill_time([4, 0]), ValueError, "^prompt_tokens must be non-empty"),
+    (lambda: ideal().batch_timing([0], [1]), ValueError, "^prompt_tokens must all be >= 1, got 0$"),
+    (lambda: ideal().step_time(-1, 0, 0), ValueError, "^prefill_tokens must be >= 0, got -1$"),
+    (lambda: ideal().step_time(0, -2, 0), ValueError, "^decode_seqs must be >= 0, got -2$"),
+    (lambda: ideal().step_time(0, 0, -3), ValueError, "^context_tokens must be >= 0, got -3$"),
+    (lambda: LinearStepCost(-1, 0, 0, 1), ValueError, "^a must be >= 0, got -1$"),
+    (lambda: LinearStepCost(0, -1, 0, 1), ValueError, "^b_prefill must be >= 0, got -1$"),
+    (lambda: LinearStepCost(0, 0, -1, 1), ValueError, "^c_decode must be >= 0, got -1$"),
+    (lambda: LinearStepCost(0, 0, 0, -1), ValueError, "^d_context must be >= 0, got -1$"),
+    (lambda: LinearStepCost(0, 0, 0, 0), ValueError,
+     "^at least one coefficient must be > 0, or every step takes 0 s$"),
+    (lambda: LinearStepCost(1e-3, 0, 0, 0).step_time(0, 0, -5), ValueError,
+     "^context_tokens must be >= 0, got -5$"),
+    (lambda: LinearStepCost.fit([]), ValueError, "^records is empty: fit needs measured steps$"),
+])
+def test_every_bad_argument_is_named_with_its_value(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+def test_smallest_valid_arguments_are_accepted():
+    assert DeterministicService(0.5).sample(1).tolist() == [0.5]
+    assert DeterministicService(0.5).mean == 0.5
+    assert len(ExponentialService(1.0).sample(1)) == 1 and len(LognormalService(1, 2).sample(1)) == 1
+    assert np.array_equal(ExponentialService(2.0).sample(5), ExponentialService(2.0).sample(5, 0))
+    assert np.array_equal(LognormalService(2.0, 3.0).sample(5),
+                          LognormalService(2.0, 3.0).sample(5, 0))
+    s = LognormalService(2.0, 3.0)
+    assert (s.mean, s.scv) == (2.0, 3.0)
+    assert FixedBatchCost(setup=0, per_request=0.5).batch_timing([1, 1], [1, 1])[1] == 1.0
+    ModelSpec(**{**_SPEC, "vocab_size": 1})
+    cost = ideal()
+    assert cost.prefill_time([1]) > 0 and cost.batch_timing([1], [1])[0] > 0
+    assert cost.decode_intensity(1, 0) == cost.decode_intensity(1)   # default: no context
+
+
+def test_memory_ok_holds_at_exactly_the_capacity():
+    cost = ideal()
+    cap = cost.max_kv_tokens()
+    assert cost.memory_ok(1, cap) and not cost.memory_ok(1, cap + 1)
+    # 0.9 * 80 GiB - 6,738,415,616 * 2 bytes of weights, over 524,288 bytes per token
+    assert cap == (int(0.9 * 80 * 2**30) - 6_738_415_616 * 2) // 524_288 == 121_750
+    assert cost.max_kv_tokens(0.1) == 0                     # the weights alone do not fit
+
+
+def test_memory_bound_prefill_and_static_decode_count_kv_bytes():
+    # qwen2-0.5b on a Jetson, 4 prompts of 8 tokens: the pass is memory-bound, so its time is
+    # (matmul weights + KV of 32 tokens) / bandwidth, both worked out from the configs:
+    # 494,032,768 * 2 bytes + 32 * (2 * 24 * 2 * 64 * 2 = 12,288) bytes at 204.8 GB/s
+    cost = RooflineCost("qwen2-0.5b", "jetson-agx-orin-64gb", mfu=1.0, mbu=1.0)
+    expected = (494_032_768 * 2 + 32 * 12_288) / 204.8e9
+    assert cost.prefill_time([8, 8, 8, 8]) == pytest.approx(expected, rel=1e-12)
+    first, busy = cost.batch_timing([8, 8, 8, 8], [3, 1, 1, 1])
+    assert first == pytest.approx(expected, rel=1e-12)
+    # two decode steps of 4 sequences with 4 * 9 and 4 * 10 cached tokens, also memory-bound
+    steps = sum((494_032_768 * 2 + 4 * (8 + k) * 12_288) / 204.8e9 for k in (1, 2))
+    assert busy == pytest.approx(first + steps, rel=1e-12)
+    with_overhead = RooflineCost("qwen2-0.5b", "jetson-agx-orin-64gb", mfu=1.0, mbu=1.0,
+                                 step_overhead_s=1e-3)
+    assert with_overhead.prefill_time([8]) == pytest.approx(cost.prefill_time([8]) + 1e-3)
+
+
+def test_ridge_batch_is_finite_until_kv_reads_outweigh_arithmetic():
+    cost = ideal()
+    # per sequence: s_token + (s_pair - s_kv) * context; attention FLOPs per cached token
+    # (4 * 32 * 32 * 128 = 524,288 FLOPs at 312e12/s) against its KV bytes (524,288 at 2.039e12)
+    s_token = 2 * 6_607_343_616 / 312e12
+    s_pair, s_kv = 524_288 / 312e12, 524_288 / 2.039e12
+    s_weights = 6_607_343_616 * 2 / 2.039e12
+    assert cost.ridge_batch(100) == pytest.approx(s_weights / (s_token + (s_pair - s_kv) * 100))
+    zero_at = s_token / (s_kv - s_pair)            # context where per_seq reaches 0
+    assert cost.ridge_batch(math.ceil(zero_at)) == math.inf
+    assert cost.decode_throughput(np.array([[1, 2]])).shape == (1, 2)
