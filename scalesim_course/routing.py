@@ -69,6 +69,12 @@ def replicas(outstanding: Sequence[int], speed: Sequence[float] | None = None) -
                  for i, (o, s) in enumerate(zip(counts, speeds)))
 
 
+def _below(rng, n: int) -> int:
+    """A uniform int in [0, n) from `rng`: int(random() * n), several times faster than
+    Generator.integers for one number (the bias, below n / 2**53, is far below noise)."""
+    return int(rng.random() * n)
+
+
 def _need(replicas_) -> int:
     n = len(replicas_)
     if n == 0:
@@ -79,7 +85,7 @@ def _need(replicas_) -> int:
 # ----------------------------------------------------------------------------- simple routers
 def random_choice(request, replicas, rng) -> int:
     """Route uniformly at random (with the run's generator): each replica an M/M/1 queue."""
-    return int(rng.integers(_need(replicas)))
+    return _below(rng, _need(replicas))
 
 
 class RoundRobin:
@@ -113,7 +119,7 @@ def least_outstanding(request, replicas, rng) -> int:
     loads = [r.outstanding for r in replicas]
     low = min(loads)
     tied = [i for i, load in enumerate(loads) if load == low]
-    return tied[0] if len(tied) == 1 else tied[int(rng.integers(len(tied)))]
+    return tied[0] if len(tied) == 1 else tied[_below(rng, len(tied))]
 
 
 def power_of_d(request, replicas, rng, d: int = 2) -> int:
@@ -138,11 +144,12 @@ def power_of_d(request, replicas, rng, d: int = 2) -> int:
     n = _need(replicas)
     if d >= n:
         sample = rng.permutation(n).tolist()
-    else:
-        while True:  # i.i.d. draws conditioned on being distinct: a uniform ordered sample
-            sample = rng.integers(n, size=d).tolist()
-            if len(set(sample)) == d:
-                break
+    else:  # draw until d distinct: each new one uniform over those not yet drawn
+        sample = [_below(rng, n)]
+        while len(sample) < d:
+            i = _below(rng, n)
+            if i not in sample:
+                sample.append(i)
     best = sample[0]
     low = replicas[best].outstanding
     for i in sample[1:]:
@@ -207,7 +214,17 @@ def weighted_least_outstanding(request, replicas, rng) -> int:
     costs = [(r.outstanding + 1) / r.speed for r in replicas]
     low = min(costs)
     tied = [i for i, c in enumerate(costs) if c == low]
-    return tied[0] if len(tied) == 1 else tied[int(rng.integers(len(tied)))]
+    return tied[0] if len(tied) == 1 else tied[_below(rng, len(tied))]
+
+
+def least_tokens(request, replicas, rng) -> int:
+    """Route to the replica with the fewest KV tokens held plus tokens queued (iteration mode):
+    load measured in memory, not in requests. Random ties."""
+    _need(replicas)
+    loads = [r.kv_used + r.queued_tokens for r in replicas]
+    low = min(loads)
+    tied = [i for i, load in enumerate(loads) if load == low]
+    return tied[0] if len(tied) == 1 else tied[_below(rng, len(tied))]
 
 
 # ----------------------------------------------------------------------------- latency-aware
@@ -249,7 +266,7 @@ class PeakEWMA:
             costs.append(est * (r.outstanding + 1))
         low = min(costs)
         tied = [i for i, c in enumerate(costs) if c == low]
-        k = tied[0] if len(tied) == 1 else tied[int(rng.integers(len(tied)))]
+        k = tied[0] if len(tied) == 1 else tied[_below(rng, len(tied))]
         self.state[replicas[k].id][3] += 1
         return k
 
