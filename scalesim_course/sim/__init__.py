@@ -613,9 +613,6 @@ class Simulation:
         self.i = 0
         self.idle_ticks = 0
         self.stopped_at = math.nan
-        if config.mode == "iteration":
-            self.scheduler = config.scheduler or (fcfs_admission if config.kv is None
-                                                  else _fcfs_slots)
 
     # --- scheduling helpers
     def _push(self, t: float, kind: int, data) -> None:
@@ -822,7 +819,7 @@ class Simulation:
 
     def _admit(self, rep: _Replica) -> None:
         rep.sview.now = self.now
-        ids = self.scheduler(rep.sview)
+        ids = (self.cfg.scheduler or (_fcfs_slots if rep.grows else fcfs_admission))(rep.sview)
         if not ids:
             return
         ids = list(ids)
