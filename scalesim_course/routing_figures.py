@@ -20,7 +20,8 @@ def utilisation_bars(shares: dict, ax=None, title: str = "How busy each replica 
         ax.bar(np.arange(n) + (j - (len(labels) - 1) / 2) * width, shares[label], width,
                color=PALETTE[j % len(PALETTE)], label=label)
     ax.set_xticks(range(n))
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(0, 1.3)  # room for the legend above the bars
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.legend(fontsize=8, ncol=min(len(labels), 3), loc="upper right")
     return ax
 
@@ -129,8 +130,8 @@ def load_balancing_explorer(n: int = 4000, seed: int = 0):
         labels = list(p99)
         ax.barh(labels, [p99[k] for k in labels], color=[PALETTE[j] for j in range(len(labels))])
         ax.invert_yaxis()
-        ax.set_xscale("log")
-        ax.set(xlabel="p99 latency (s, log scale)",
+        ax.set_xlim(0, 1.18 * max(p99.values()))  # room for the labels
+        ax.set(xlabel="p99 latency (s)",
                title=f"{replicas} replicas ({n_fast} fast), load {load:.2f}, reports "
                      f"{staleness:g} s old")
         for y, k in enumerate(labels):
