@@ -45,6 +45,8 @@ class Replica(NamedTuple):
     speed: float = 1.0
     state: str = "up"
     servers: int = 1
+    kv_used: int = 0
+    queued_tokens: int = 0
 
     @property
     def index(self) -> int:

@@ -103,6 +103,14 @@ def test_weighted_least_outstanding_uses_speed():
     assert set(counts(routing.weighted_least_outstanding, reps, n=400)) == {0, 1}
 
 
+def test_least_tokens_counts_kv_and_queued_tokens():
+    reps = (routing.Replica(0, outstanding=1, kv_used=900, queued_tokens=0),
+            routing.Replica(1, outstanding=5, kv_used=100, queued_tokens=300),
+            routing.Replica(2, outstanding=0, kv_used=0, queued_tokens=1000))
+    # loads in tokens: 900, 400, 1000 -> replica 1, although it has the most requests
+    assert routing.least_tokens(REQ, reps, np.random.default_rng(0)) == 1
+
+
 def test_consistent_hash_sticks_and_respects_its_bound():
     ch = routing.ConsistentHash(c=1.25)
     reps = routing.replicas([0] * 8)
