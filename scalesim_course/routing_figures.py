@@ -153,3 +153,31 @@ def load_balancing_explorer(n: int = 4000, seed: int = 0):
     }
     from .widgets import explorer
     return explorer(controls, render, title="Routing: p99 latency per policy")
+
+
+def queue_tails(measured: dict, theory: dict, ax=None,
+                title: str = "Share of replicas holding at least i requests"):
+    """Measured tail fractions s_i (markers) against the fixed point (dashed), log scale.
+
+    Args:
+        measured: label -> s_0, s_1, ... measured in a run.
+        theory: label -> s_0, s_1, ... of the model (same labels drawn in the same colour;
+            labels only here are drawn as theory alone).
+    """
+    ax = _axes(ax, title, "queue length i", "share of replicas with ≥ i (log scale)")
+    labels = list(measured) + [label for label in theory if label not in measured]
+    for j, label in enumerate(labels):
+        colour = PALETTE[j % len(PALETTE)]
+        if label in measured:
+            s = np.asarray(measured[label], dtype=float)
+            keep = s > 0
+            ax.plot(np.arange(len(s))[keep], s[keep], "o", color=colour, ms=7,
+                    label=f"{label}, simulated")
+        if label in theory:
+            t = np.asarray(theory[label], dtype=float)
+            ax.plot(np.arange(len(t))[t > 1e-12], t[t > 1e-12], "--", color=colour, lw=1.2,
+                    label=f"{label}, fixed point")
+    ax.set_yscale("log")
+    ax.set_ylim(1e-5, 1.5)
+    ax.legend(fontsize=8)
+    return ax
