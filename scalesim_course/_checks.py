@@ -70,7 +70,7 @@ def policy_name(policy) -> str:
     """A readable name for a policy, cost model or KV manager, for error messages."""
     name = getattr(policy, "__qualname__", None)
     if isinstance(name, str) and not isinstance(policy, type):
-        return name
+        return name.rpartition("<locals>.")[2]
     text = repr(policy)
     return type(policy).__qualname__ if text.startswith("<") else text
 

@@ -158,12 +158,10 @@ class RequestReplica(Replica):
             if not (isinstance(timing, (tuple, list)) and len(timing) == 2):
                 bad_output("cost", cost, timing, "it must be a pair "
                            "(first_token_offset, busy_seconds)", TypeError, "batch_timing")
-            first = check_duration("cost", cost, timing[0], zero_ok=True,
-                                   method="batch_timing")
-            busy = check_duration("cost", cost, timing[1], method="batch_timing")
-            if first > busy:
-                bad_output("cost", cost, timing, "the first token cannot come after the "
-                           "batch ends", ValueError, "batch_timing")
+            first, busy = timing
+            if not (type(first) is float and type(busy) is float and 0.0 <= first <= busy
+                    and 0.0 < busy < math.inf):
+                self._check_timing(cost, timing)
         elif len(batch) == 1:
             first = busy = batch[0].service_time
         else:  # sampled service: a batch takes as long as its slowest request
@@ -182,6 +180,22 @@ class RequestReplica(Replica):
             sim.record(self, now, now + busy, len(batch),
                        len(batch) * max(r.prompt_tokens for r in batch), len(batch))
         sim.push(now + busy, NORMAL, self.done, batch)
+
+    @staticmethod
+    def _check_timing(cost, timing) -> None:
+        """Raise the one-style error for a bad (first_token_offset, busy_seconds) pair."""
+        for value in timing:
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float,
+                                                                              np.number)):
+                bad_output("cost", cost, timing, "both must be numbers of seconds", TypeError,
+                           "batch_timing")
+        first, busy = timing
+        if not (math.isfinite(first) and math.isfinite(busy) and busy > 0 and first >= 0):
+            bad_output("cost", cost, timing, "busy seconds must be finite and > 0, the first "
+                       "token offset finite and >= 0", ValueError, "batch_timing")
+        if first > busy:
+            bad_output("cost", cost, timing, "the first token cannot come after the batch ends",
+                       ValueError, "batch_timing")
 
     def done(self, batch: tuple) -> None:
         self.busy -= 1
