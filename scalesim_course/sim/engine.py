@@ -158,7 +158,6 @@ class Simulation:
                        wl.prompt_id.tolist(), wl.service_time.tolist())
         frozen = gc.isenabled()
         if frozen:
-            gc.collect()
             gc.freeze()    # the run does not pay for walking objects it did not create
         now = 0.0
         natural = False

@@ -257,6 +257,7 @@ class IterationReplica(Replica):
         self.scheduler = cfg.scheduler or (fcfs_slots if self.grows else fcfs_admission)
         self.skip_when_blocked = cfg.scheduler is None   # default admission depends on state only
         self.blocked = False         # the head did not fit and nothing was freed since
+        self.refused = False         # the KV manager refused a request the scheduler proposed
         self.resume: dict = {}       # preempted request id -> tokens generated before
         self.prefilling: deque = deque()
         self.decoding = 0
@@ -313,8 +314,10 @@ class IterationReplica(Replica):
                                f"{sorted(chosen - set(by_id))} are not waiting here")
                 picked = [by_id[x] for x in ids]
             accepted = self._allocate(picked, scheduler, now)
+            self.refused = len(accepted) < len(picked)
         else:
             accepted, prefix = [], True
+            self.refused = False
         if self.skip_when_blocked and len(accepted) < min(len(q), self.max_batch
                                                           - len(self.running)):
             self.blocked = True   # the head does not fit: retry only after a free or arrival
@@ -383,9 +386,9 @@ class IterationReplica(Replica):
             self.busy = 0
             if self.queue:
                 r = self.queue[0]
-                if self.grows:
+                if self.refused:
                     raise NoProgressError(
-                        f"replica {self.id}: KV manager {self.kv!r} refused request {r.id} "
+                        f"replica {self.id}: KV manager {policy_name(self.kv)} refused request {r.id} "
                         f"({r.prompt_tokens} prompt + {r.output_tokens} output tokens) on an "
                         f"empty replica with capacity {self.kv_capacity} at t={sim.now:g} s: "
                         f"it can never run ({len(self.queue)} requests stuck)")
@@ -443,7 +446,7 @@ class IterationReplica(Replica):
             if len(victims) == len(self.running):
                 big = max(seqs, key=lambda q: q.context)
                 raise NoProgressError(
-                    f"replica {self.id}: KV manager {kv!r} cannot make room at t="
+                    f"replica {self.id}: KV manager {policy_name(kv)} cannot make room at t="
                     f"{self.sim.now:g} s even after preempting every other sequence: request "
                     f"{big.id} needs {big.context} tokens of KV, capacity {self.kv_capacity}")
             for v in sorted(victims, reverse=True):
