@@ -88,6 +88,7 @@ class Simulation:
         self.done_since_tick = 0
         self.n_done = 0
         self.n_started = 0
+        self.n_batches = 0    # request mode: batches started
         self.idle = 0
         self.ended = False
         self.stopped_at = math.nan
@@ -219,7 +220,7 @@ class Simulation:
                 gc.unfreeze()
         if fast:
             self.now, self.seq, self.arrived, self.n_done = now, seq, i, n_done
-            self.n_started = started = i - (len(waiting) - head)
+            self.n_started = self.n_batches = started = i - (len(waiting) - head)
             rep0.busy_time = sum(service[:started])   # FIFO: starts in arrival order
             rep0.busy = rep0.servers - free
             self.where[:i] = [0] * i
@@ -249,7 +250,8 @@ class Simulation:
                          {r.id: float(b) for r, b in zip(replicas, busy)},
                          np.array([r.servers for r in replicas]), self.preemptions,
                          np.array(self.n_pre), self.kv_log, float(provisioned),
-                         self.fleet.fleet_log, self.fleet.scale_events)
+                         self.fleet.fleet_log, self.fleet.scale_events,
+                         sum(getattr(r, "steps", 0) for r in replicas) + self.n_batches)
 
 
 def simulate(workload: Workload, config: ServingConfig | None = None, *, seed=0,

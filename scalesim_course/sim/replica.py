@@ -175,6 +175,7 @@ class RequestReplica(Replica):
             start[r.id] = now
             first_token[r.id] = now + first
         sim.n_started += len(batch)
+        sim.n_batches += 1
         sim.idle = 0
         if sim.cfg.record_steps:
             sim.record(self, now, now + busy, len(batch),

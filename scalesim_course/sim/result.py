@@ -49,6 +49,7 @@ class RunResult:
         fleet_log: (time, replicas up, replicas starting) at every change only.
         scale_events: (time, old desired, new desired) whenever the autoscaler's (clipped)
             answer changed.
+        n_steps: batches started (request mode) or engine steps run (iteration mode).
     """
 
     workload: Workload
@@ -71,6 +72,7 @@ class RunResult:
     provisioned_replica_seconds: float = 0.0
     fleet_log: list = field(default_factory=list)
     scale_events: list = field(default_factory=list)
+    n_steps: int = 0
 
     @property
     def arrival(self) -> np.ndarray:
