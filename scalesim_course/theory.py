@@ -91,3 +91,48 @@ def tail_at_scale(p_slow: float, fanout: int) -> float:
         raise ValueError(f"p_slow must be in [0, 1], got {p_slow!r}")
     check_int("fanout", fanout, minimum=1)
     return 1.0 - (1.0 - p_slow) ** fanout
+
+
+# ----------------------------------------------------------------------------- load balancing
+# N replicas, each one server with exponential service at rate 1, Poisson arrivals at N * lam.
+# Power of d choices (supermarket model): as N -> infinity the fraction of queues holding at
+# least i requests tends to s_i = lam ** ((d**i - 1) / (d - 1)) (lam ** i for d = 1).
+# Sources: Vvedenskaya, Dobrushin and Karpelevich, Problems of Information Transmission 32(1),
+# 1996; Mitzenmacher, "The Power of Two Choices in Randomized Load Balancing", IEEE TPDS 12(10),
+# 2001, Theorem 3.
+
+
+def supermarket_tail(lam: float, d: int, i: int) -> float:
+    """Fixed point s_i of the supermarket model: the share of queues with >= i requests.
+
+    Args:
+        lam: arrival rate per replica (= utilisation, service rate 1), 0 < lam < 1.
+        d: replicas sampled per arrival, an int >= 1 (d = 1 is random routing: s_i = lam^i).
+        i: queue length, an int >= 0 (s_0 = 1).
+    """
+    _rho(lam, 1.0)
+    check_int("d", d, minimum=1)
+    check_int("i", i, minimum=0)
+    exponent = i if d == 1 else (d ** i - 1) / (d - 1)
+    return lam ** exponent
+
+
+def supermarket_sojourn_mean(lam: float, d: int) -> float:
+    """Mean time in system of the supermarket model's limit (N -> infinity), service rate 1.
+
+    By Little's law W = (sum_{i>=1} s_i) / lam: lam = 0.9 gives 10 (d = 1), 2.614 (d = 2),
+    2.028 (d = 3).
+    """
+    total, i = 0.0, 1
+    while True:
+        s = supermarket_tail(lam, d, i)
+        total += s
+        if s < 1e-16 * max(total, 1.0) or i > 100_000:
+            return total / lam
+        i += 1
+
+
+def mmc_sojourn_mean(lam: float, mu: float, c: int) -> float:
+    """Mean time in an M/M/c system, W = 1/mu + C(c, a) / (c mu - lam): the central queue that
+    join-the-shortest-queue routing over c replicas approaches."""
+    return 1.0 / mu + mmc_wait_mean(lam, mu, c)
