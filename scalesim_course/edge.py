@@ -643,7 +643,7 @@ DEVICES: dict[str, Device] = {d.name: d for d in (
                   "https://docs.arduino.cc/hardware/nano-33-ble-sense/, "
                   "https://www.nordicsemi.com/Products/nRF52840"),
     Device("raspberry-pi-5-8gb", memory_bytes=8 * GiB, storage_bytes=math.inf,
-           mem_bandwidth=17.07e9, int8_ops=614e9, fp16_flops=307e9,
+           mem_bandwidth=4267e6 * 4, int8_ops=614e9, fp16_flops=307e9,
            source="Raspberry Pi 5 product brief: BCM2712, 4x Cortex-A76 at 2.4 GHz, 8GB LPDDR4X-4267 "
                   "on a 32-bit bus, so 4267e6 x 4 B = 17.07 GB/s (derived); microSD/NVMe storage. "
                   "Peaks derived, not published: 4 cores x 2.4 GHz x 32 FP16 FLOP/cycle (two 128-bit "
