@@ -796,7 +796,7 @@ def compression_explorer(model: nn.Module, data: Digits, repeats: int = 15):
             t_dense = time_call(m, one, repeats=repeats, budget_s=0.005)
             t_csr = time_call(CsrMLP(m), one, repeats=repeats, budget_s=0.005)
         fig, axes = plt.subplots(1, 3, figsize=(11, 3.4), layout="constrained")
-        axes[0].bar(["fp32", "this"], [fp32_acc, acc], color=[plots.PALETTE[7], plots.PALETTE[0]])
+        axes[0].bar(["fp32", "compressed"], [fp32_acc, acc], color=[plots.PALETTE[7], plots.PALETTE[0]])
         axes[0].set(ylim=(0, 1), ylabel="held-out accuracy", title="accuracy")
         axes[1].bar(["dense", "CSR"], [dense / 1e3, sparse / 1e3], color=plots.PALETTE[1:3])
         axes[1].axhline(4 * (n_weights + n_bias) / 1e3, color=plots.PALETTE[7], ls="--",
@@ -825,27 +825,30 @@ def compression_explorer(model: nn.Module, data: Digits, repeats: int = 15):
 
 
 # ----------------------------------------------------------------------------- figures
-def human_bytes(n: float) -> str:
-    """1234567 -> '1.2 MB' (decimal units); inf -> 'any'."""
+def human_bytes(n: float, binary: bool = False) -> str:
+    """1234567 -> '1.23 MB' (decimal units; binary=True: KiB, MiB, GiB); inf -> 'any'."""
     if n is None:
         return "n/p"
     if math.isinf(n):
         return "any"
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+    units = ((("GiB", 2 ** 30), ("MiB", 2 ** 20), ("KiB", 2 ** 10)) if binary
+             else (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)))
+    for unit, size in units:
         if n >= size:
             return f"{n / size:.3g} {unit}"
     return f"{n:.0f} B"
 
 
-def plot_tradeoffs(results: dict, axes=None):
+def plot_tradeoffs(results: dict, axes=None, floor: float = 0.9):
     """Accuracy against size and against latency (log axes), the Pareto front of each in
     orange and labelled, the latency's p10-p90 band in grey.
 
     Args:
         results: name -> {"size_bytes", "latency_s", "accuracy", "timing" (a Timing)}.
+        floor: lowest accuracy shown; variants below it are counted in a note on the figure.
     """
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import FuncFormatter, NullFormatter
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     from . import plots
 
@@ -871,7 +874,12 @@ def plot_tradeoffs(results: dict, axes=None):
             ax.annotate(names[i], (xs[i], ys[i]), xytext=(5, -13 - 11 * (k % 2)),
                         textcoords="offset points", fontsize=8, color=plots.PALETTE[3])
         ax.set(xscale="log", xlabel=label, ylabel="held-out accuracy", title=title,
-               ylim=(max(0.0, ys.min() - 0.05), 1.0))
+               ylim=(floor, 1.0))
+        below = int((ys < floor).sum())
+        if below:
+            ax.text(0.02, 0.02, f"{below} variant(s) below {floor:.0%} not shown",
+                    transform=ax.transAxes, fontsize=8, color="grey")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
         ax.legend(loc="lower right")

@@ -241,6 +241,7 @@ def test_human_bytes():
     assert edge.human_bytes(1_234_567) == "1.23 MB"
     assert edge.human_bytes(512) == "512 B"
     assert edge.human_bytes(math.inf) == "any"
+    assert edge.human_bytes(256 * 1024, binary=True) == "256 KiB"
 
 
 def test_explorer_builds_and_renders(monkeypatch):
