@@ -120,6 +120,19 @@ def test_digits_split_and_mlp_shape():
     assert torch.equal(edge.load_digits(seed=0).x_test, data.x_test)
 
 
+def test_the_digits_file_is_scikit_learns_data_set():
+    from sklearn.datasets import load_digits
+
+    ref = load_digits()
+    table = edge._digits_table()
+    assert np.array_equal(table[:, :-1], ref.data) and np.array_equal(table[:, -1], ref.target)
+    data = edge.load_digits(seed=3)
+    # every image exactly once, train or test
+    assert len(data.y_train) + len(data.y_test) == 1797
+    both = torch.cat([data.x_train, data.x_test]) * 16
+    assert sorted(map(tuple, both.round().int().tolist())) == sorted(map(tuple, ref.data.astype(int).tolist()))
+
+
 def test_training_is_seeded_and_learns():
     data = edge.load_digits(seed=1)
     a = edge.train(edge.mlp((16,), seed=0), data, epochs=3, batch_size=128, lr=1e-2, seed=0)
@@ -172,6 +185,15 @@ def test_timing_statistics_by_hand():
     assert len(timing.samples) == 4 and len(calls) == 2 + 4 * 5
     with pytest.raises(ValueError, match="repeats"):
         edge.time_call(calls.append, 1, repeats=2)
+
+
+def test_interleaved_timing_alternates_the_calls():
+    order = []
+    timings = edge.time_interleaved({"a": (order.append, ("a",)), "b": (order.append, ("b",))},
+                                    repeats=3, warmup=1, budget_s=0.0)
+    # per call: 1 warm-up + 1 sizing call, then 3 rounds of one call each (budget 0: 1 call)
+    assert order == ["a", "a", "b", "b", "a", "b", "a", "b", "a", "b"]
+    assert set(timings) == {"a", "b"} and len(timings["a"].samples) == 3
 
 
 def test_inference_memory_is_weights_plus_the_widest_pair_of_activations():
