@@ -584,9 +584,9 @@ def time_interleaved(calls: dict, repeats: int = 15, warmup: int = 3,
                      budget_s: float = 0.005) -> dict:
     """Time several calls alternately, so that they share whatever else the machine is doing.
 
-    A measurement of one call, then one of the next, and so on, `repeats` rounds: a burst of
-    activity from another program slows all of them alike, and their ratios stay meaningful
-    even when the absolute times drift.
+    A measurement of one call, then one of the next, and so on, `repeats` rounds, the order
+    reversed every other round: a burst of activity from another program slows all of them
+    alike, and their ratios stay meaningful even when the absolute times drift.
 
     Args:
         calls: name -> (fn, args tuple).
@@ -607,8 +607,11 @@ def time_interleaved(calls: dict, repeats: int = 15, warmup: int = 3,
         once = max(time.perf_counter() - start, 1e-7)
         number[name] = max(1, min(10_000, int(budget_s / once)))
     samples = {name: [] for name in calls}
-    for _ in range(repeats):
-        for name, (fn, args) in calls.items():
+    names = list(calls)
+    for r in range(repeats):
+        # A, B, then B, A: whatever the order itself does (a warm cache for the second) cancels
+        for name in (names if r % 2 == 0 else names[::-1]):
+            fn, args = calls[name]
             start = time.perf_counter()
             for _ in range(number[name]):
                 fn(*args)

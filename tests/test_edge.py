@@ -191,8 +191,9 @@ def test_interleaved_timing_alternates_the_calls():
     order = []
     timings = edge.time_interleaved({"a": (order.append, ("a",)), "b": (order.append, ("b",))},
                                     repeats=3, warmup=1, budget_s=0.0)
-    # per call: 1 warm-up + 1 sizing call, then 3 rounds of one call each (budget 0: 1 call)
-    assert order == ["a", "a", "b", "b", "a", "b", "a", "b", "a", "b"]
+    # per call: 1 warm-up + 1 sizing call, then 3 rounds of one call each (budget 0: 1 call),
+    # the order reversed in the second round
+    assert order == ["a", "a", "b", "b", "a", "b", "b", "a", "a", "b"]
     assert set(timings) == {"a", "b"} and len(timings["a"].samples) == 3
 
 
@@ -266,7 +267,7 @@ def test_human_bytes():
     assert edge.human_bytes(256 * 1024, binary=True) == "256 KiB"
 
 
-def test_explorer_builds_and_renders(monkeypatch):
+def test_explorer_builds_and_renders():
     import matplotlib
 
     matplotlib.use("Agg")
