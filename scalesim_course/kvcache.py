@@ -269,6 +269,31 @@ class BlockAllocator:
             self._release(old)
         self._tokens[seq_id] = n + 1
 
+    def extend(self, seq_id, n: int) -> None:
+        """Make room for n more tokens at once: what n calls of `append` do, all or nothing.
+
+        Raises:
+            KeyError: unknown (or freed) sequence.
+            MemoryError: not enough free blocks (nothing changes then).
+        """
+        if n <= 0:
+            return
+        self._known(seq_id)
+        table, have, size = self._tables[seq_id], self._tokens[seq_id], self.block_size
+        cow = have % size != 0 and self._refs[table[-1]] > 1
+        need = -(-(have + n) // size) - len(table) + cow
+        if need > len(self._free):
+            raise MemoryError(f"out of KV blocks: sequence {seq_id!r} needs {need} more, "
+                              f"{len(self._free)} free")
+        if cow:
+            old = table[-1]
+            table[-1] = self._take()
+            self._release(old)
+            need -= 1
+        for _ in range(need):
+            table.append(self._take())
+        self._tokens[seq_id] = have + n
+
     def fork(self, parent_id, child_id) -> None:
         """Start `child_id` as a copy of `parent_id` that shares all of its blocks.
 
@@ -340,15 +365,16 @@ class ReserveMax:
         self.capacity = capacity
         self.max_output = check_int("max_output", max_output, minimum=1)
         self._used = 0
-        self._held: dict[int, tuple[int, object]] = {}  # id -> (reserved slots, seq)
+        self._stored = 0
+        self._held: dict[int, int] = {}  # id -> reserved slots
 
     def used(self) -> int:
         """Token slots reserved now."""
         return self._used
 
     def stored(self) -> int:
-        """Tokens whose KV is really held (at most what is reserved)."""
-        return sum(min(s.context, r) for r, s in self._held.values())
+        """Tokens whose KV is really held (at most what is reserved), as of the last `grow`."""
+        return self._stored
 
     def admit(self, seq) -> bool:
         """Reserve prompt + max_output slots if they are free; False (nothing reserved) if not."""
@@ -366,18 +392,20 @@ class ReserveMax:
         if self._used + need > self.capacity:
             return False
         self._used += need
-        self._held[seq.id] = (need, seq)
+        self._held[seq.id] = need
+        self._stored += seq.context
         return True
 
     def grow(self, running) -> list[int]:
-        """Nothing to do: every running sequence has its reservation."""
+        """Nothing to allocate: every running sequence has its reservation. Notes the tokens held."""
+        self._stored = sum(s.context for s in running)
         return []
 
     def free(self, seq_id: int) -> None:
         """Release a request's reservation."""
         if seq_id not in self._held:
             raise KeyError(f"reserve_max: request {seq_id} holds no KV slots")
-        self._used -= self._held.pop(seq_id)[0]
+        self._used -= self._held.pop(seq_id)
 
 
 def reserve_max(max_output: int) -> Callable[[float], ReserveMax]:
@@ -412,10 +440,12 @@ class Paged:
         allocator: a class (or factory) called as allocator(n_blocks, block_size), with the
             methods of `BlockAllocator` (allocate, append, fork, free, num_free, and
             MemoryError when out of blocks); None: `BlockAllocator`.
+        watermark: share of the blocks that must stay free after an admission (vLLM's
+            default, 0.01, rounded down to whole blocks); 0: admit whenever the context fits.
     """
 
     def __init__(self, capacity: float, block_size: int = 16, prefix_sharing: bool = False,
-                 allocator=None):
+                 allocator=None, watermark: float = 0.01):
         self.block_size = check_int("block_size", block_size, minimum=1)
         self.n_blocks = _need_finite(capacity, "paged") // self.block_size
         if self.n_blocks < 1:
@@ -440,6 +470,13 @@ class Paged:
         self.prefix_hits = 0                # prompt tokens served from a cached prefix
         self.prompt_tokens = 0              # prompt tokens admitted (the hit-rate denominator)
         self.preemptions = 0
+        # vLLM admits only while a watermark of free blocks stays (1% of the pool by default),
+        # so that running sequences have room to grow and a fresh admission is not preempted
+        # at once
+        self._watermark = int(check_in_range("watermark", watermark, 0, 1) * self.n_blocks)
+        self._preempted: set = set()        # victims of grow not yet freed by the engine
+        # with the package's own allocator, grow skips the calls that need no new block
+        self._room = {} if type(self.alloc) is BlockAllocator else None
 
     # --- what the engine reads
     def used(self) -> int:
@@ -459,14 +496,23 @@ class Paged:
     def admit(self, seq) -> bool:
         """Allocate blocks for the sequence's context; False (nothing allocated) if they don't fit."""
         sid = seq.id
+        self._preempted.discard(sid)
         if sid in self._tokens:
             raise ValueError(f"paged: request {sid} is admitted already")
         need = max(int(seq.context), 0)
         if -(-need // self.block_size) > self.n_blocks:
             raise ValueError(f"paged: request {sid} needs {need} KV slots but the pool holds "
                              f"{self.capacity}: it can never run")
-        shared, hit = 0, False
         pid = getattr(seq, "prompt_id", -1)
+        if self._watermark:
+            cached = self._prefixes.get(pid, 0) if self.prefix_sharing and pid >= 0 else 0
+            if cached > need or cached > seq.prompt_tokens:
+                cached = 0
+            required = -(-need // self.block_size) - cached // self.block_size
+            while self.alloc.num_free() - required < self._watermark:
+                if not self._evict_prefix(keep=pid):
+                    return False
+        shared, hit = 0, False
         if self.prefix_sharing and pid is not None and pid >= 0:
             shared, hit = self._admit_shared(seq, pid, need)
             if shared < 0:
@@ -476,6 +522,7 @@ class Paged:
                 return False
         self._tokens[sid] = need
         self._shared[sid] = shared
+        self._note_room(sid)
         self._stored += need - shared
         self.prompt_tokens += seq.prompt_tokens
         if hit:
@@ -484,37 +531,86 @@ class Paged:
 
     def grow(self, running: Sequence) -> list[int]:
         """Give every running sequence room for its context; preempt the newest when out of blocks."""
+        tokens = self._tokens
+        short = [s for s in running if s.context > tokens.get(s.id, -1)]
+        if not short:
+            return []
+        for s in short:
+            if s.id not in tokens:
+                raise ValueError(f"paged: running request {s.id} was never admitted")
+        if self._room is not None:  # the package's allocator: fill private room without calls
+            room, counts, rest = self._room, self.alloc._tokens, []
+            for s in short:
+                if s.context <= room[s.id]:
+                    self._stored += s.context - tokens[s.id]
+                    tokens[s.id] = counts[s.id] = s.context
+                else:
+                    rest.append(s)
+            short = rest
+            if not short:
+                return []
         order = sorted(running, key=lambda s: s.admitted_at)  # oldest first, stable
         alive = [s.id for s in order]
         victims: list[int] = []
-        for seq in order:
+        extend = self._extend
+        for seq in sorted(short, key=lambda s: s.admitted_at):
             sid = seq.id
-            if sid in victims:
-                continue
-            if sid not in self._tokens:
-                raise ValueError(f"paged: running request {sid} was never admitted")
-            while self._tokens[sid] < seq.context:
+            while sid not in victims and tokens[sid] < seq.context:
+                more = seq.context - tokens[sid]
                 try:
-                    self.alloc.append(sid)
+                    extend(sid, more)
                 except MemoryError:
                     if self._evict_prefix():
                         continue
                     victim = next(v for v in reversed(alive) if v not in victims)
                     victims.append(victim)
-                    self.free(victim)
+                    self.free(victim)  # its blocks serve the others now
+                    self._preempted.add(victim)  # the engine's free(victim) comes later
                     self.preemptions += 1
-                    if victim == sid:
-                        break
                     continue
-                self._tokens[sid] += 1
-                self._stored += 1
+                tokens[sid] += more
+                self._stored += more
+                self._note_room(sid)
         return victims
 
+    def _note_room(self, sid) -> None:
+        """Package allocator only: the tokens sid can hold before it needs a block or a copy."""
+        if self._room is not None:
+            table, refs = self.alloc._tables[sid], self.alloc._refs
+            private = table and refs[table[-1]] == 1
+            self._room[sid] = len(table) * self.block_size if private else self._tokens[sid]
+
+    def _extend(self, sid, n: int) -> None:
+        """n more tokens for sid through the allocator, all or nothing."""
+        fast = getattr(self.alloc, "extend", None)
+        if fast is not None:
+            fast(sid, n)
+            return
+        done = 0
+        try:
+            for done in range(1, n + 1):
+                self.alloc.append(sid)
+        except MemoryError:
+            done -= 1  # the failed append added nothing; keep what did fit
+            if done:
+                self._tokens[sid] += done
+                self._stored += done
+            raise
+
     def free(self, seq_id: int) -> None:
-        """Release the blocks of a sequence (finished or preempted)."""
+        """Release the blocks of a sequence (finished or preempted).
+
+        A sequence this manager preempted in `grow` was freed there already; the engine's
+        call for it afterwards does nothing.
+        """
+        if seq_id in self._preempted:
+            self._preempted.discard(seq_id)
+            return
         if seq_id not in self._tokens:
             raise KeyError(f"paged: request {seq_id} holds no KV blocks")
         self.alloc.free(seq_id)
+        if self._room is not None:
+            del self._room[seq_id]
         self._stored -= self._tokens.pop(seq_id) - self._shared.pop(seq_id)
         pid = self._pid.pop(seq_id, None)
         if pid is not None:
@@ -578,8 +674,8 @@ class Paged:
         return False
 
 
-def paged(block_size: int = 16, prefix_sharing: bool = False, allocator=None
-          ) -> Callable[[float], Paged]:
+def paged(block_size: int = 16, prefix_sharing: bool = False, allocator=None,
+          watermark: float = 0.01) -> Callable[[float], Paged]:
     """KV-manager factory for ``ServingConfig(kv=...)``: fixed-size blocks allocated on demand.
 
     Args:
@@ -587,8 +683,10 @@ def paged(block_size: int = 16, prefix_sharing: bool = False, allocator=None
         prefix_sharing: requests with the same prompt_id share their prompt's full blocks.
         allocator: your block-allocator class (called as allocator(n_blocks, block_size));
             None: `BlockAllocator`.
+        watermark: share of blocks kept free at admission (vLLM's default 0.01).
     """
     check_int("block_size", block_size, minimum=1)
+    check_in_range("watermark", watermark, 0, 1)
     if allocator is not None and not callable(allocator):
         raise TypeError(f"allocator must be a class or callable, got {allocator!r}")
-    return lambda capacity: Paged(capacity, block_size, prefix_sharing, allocator)
+    return lambda capacity: Paged(capacity, block_size, prefix_sharing, allocator, watermark)

@@ -88,7 +88,7 @@ def reserved_vs_stored(runs: dict, ax=None, title: str = "KV memory: reserved ag
         ax.plot(t, np.asarray(stored) / cap, color=c, lw=1.5, ls="--",
                 label=f"{label}: holding a token")
     ax.set_ylim(0, 1.05)
-    ax.legend(loc="lower right", fontsize=8, ncol=2)
+    ax.legend(loc="center right", bbox_to_anchor=(1, 0.72), fontsize=8, ncol=2)
     return ax
 
 

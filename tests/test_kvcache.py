@@ -291,6 +291,7 @@ def test_paged_random_protocol_run_keeps_its_invariants():
             victims = m.grow(running)
             assert len(set(victims)) == len(victims)
             for v in victims:
+                m.free(v)  # as the engine does
                 s = next(x for x in running if x.id == v)
                 running.remove(s)
                 waiting.insert(0, s)

@@ -303,20 +303,19 @@ ALLOC_WRONG = {
                          "        elif False:"),
     "copies even a full shared block": (
         "        if n == len(table) * self.block_size:                 # no room in the last block",
-        "        if table and self.refs[table[-1]] > 1:\n"
-        "            shared = table[-1]\n"
-        "            table[-1] = self._take()\n"
-        "            self._drop(shared)\n"
+        "        if table and self.refs[table[-1]] > 1 and self.free_blocks:\n"
+        "            block = self.free_blocks.pop()\n"
+        "            self.refs[block] = 1\n"
+        "            self.refs[table[-1]] -= 1\n"
+        "            table[-1] = block\n"
         "        if n == len(table) * self.block_size:"),
     "fork does not count references": ("            self.refs[block] += 1", "            pass"),
     "free returns shared blocks too": (
-        "        self.refs[block] -= 1\n        if self.refs[block] == 0:",
-        "        self.refs[block] -= 1\n        if True:"),
+        "            self.refs[block] -= 1\n            if self.refs[block] == 0:",
+        "            self.refs[block] -= 1\n            if True:"),
     "double free ignored": (
-        "        for block in self.tables.pop(seq_id):                 # KeyError if unknown or freed\n"
-        "            self._drop(block)\n        del self.tokens[seq_id]",
-        "        for block in self.tables.pop(seq_id, []):\n"
-        "            self._drop(block)\n        self.tokens.pop(seq_id, None)"),
+        ("        for block in self.tables.pop(seq_id):", "        for block in self.tables.pop(seq_id, []):"),
+        ("        del self.tokens[seq_id]", "        self.tokens.pop(seq_id, None)")),
     "utilisation counts shared blocks per holder": (
         "        return (self.n_blocks - len(self.free_blocks)) / self.n_blocks",
         "        return sum(len(t) for t in self.tables.values()) / self.n_blocks"),
@@ -324,8 +323,10 @@ ALLOC_WRONG = {
         "        if need > len(self.free_blocks):\n"
         "            raise MemoryError(f\"sequence {seq_id} needs {need} blocks, "
         "{len(self.free_blocks)} are free\")\n"
-        "        table = [self._take() for _ in range(need)]",
-        "        table = [self._take() for _ in range(min(need, len(self.free_blocks)))]\n"
+        "        table = [self.free_blocks.pop() for _ in range(need)]\n"
+        "        for block in table:\n            self.refs[block] = 1",
+        "        table = [self.free_blocks.pop() for _ in range(min(need, len(self.free_blocks)))]\n"
+        "        for block in table:\n            self.refs[block] = 1\n"
         "        if len(table) < need:\n"
         "            raise MemoryError(\"out of blocks\")"),
     "fork of a freed sequence gives an empty child": (
@@ -336,13 +337,15 @@ ALLOC_WRONG = {
         "        for block in parent:\n            self.refs[block] += 1\n"
         "        self.tables[child_id], self.tokens[child_id] = list(parent), self.tokens[parent_id]",
         "        if len(parent) > len(self.free_blocks):\n            raise MemoryError('full')\n"
-        "        self.tables[child_id] = [self._take() for _ in parent]\n"
+        "        self.tables[child_id] = [self.free_blocks.pop() for _ in parent]\n"
+        "        for block in self.tables[child_id]:\n            self.refs[block] = 1\n"
         "        self.tokens[child_id] = self.tokens[parent_id]"),
 }
 
 
 def test_block_allocator_is_fair(book):
     ref = book.reference("BlockAllocator")
-    wrong = {label: mutate(ref, edit) for label, edit in ALLOC_WRONG.items()}
+    wrong = {label: mutate(ref, *(edit if isinstance(edit[0], tuple) else (edit,)))
+             for label, edit in ALLOC_WRONG.items()}
     wrong["untouched"] = stub()
     assert_fair(book, "BlockAllocator", wrong, ALLOC_RIGHT)
