@@ -532,23 +532,27 @@ class Paged:
     def grow(self, running: Sequence) -> list[int]:
         """Give every running sequence room for its context; preempt the newest when out of blocks."""
         tokens = self._tokens
-        short = [s for s in running if s.context > tokens.get(s.id, -1)]
+        if self._room is not None:  # the package's allocator: fill private room without calls
+            room, counts, short, added = self._room, self.alloc._tokens, [], 0
+            for s in running:
+                ctx, have = s.context, tokens.get(s.id)
+                if have is None:
+                    raise ValueError(f"paged: running request {s.id} was never admitted")
+                if ctx <= have:
+                    continue
+                if ctx <= room[s.id]:
+                    added += ctx - have
+                    tokens[s.id] = counts[s.id] = ctx
+                else:
+                    short.append(s)
+            self._stored += added
+        else:
+            short = [s for s in running if s.context > tokens.get(s.id, -1)]
+            for s in short:
+                if s.id not in tokens:
+                    raise ValueError(f"paged: running request {s.id} was never admitted")
         if not short:
             return []
-        for s in short:
-            if s.id not in tokens:
-                raise ValueError(f"paged: running request {s.id} was never admitted")
-        if self._room is not None:  # the package's allocator: fill private room without calls
-            room, counts, rest = self._room, self.alloc._tokens, []
-            for s in short:
-                if s.context <= room[s.id]:
-                    self._stored += s.context - tokens[s.id]
-                    tokens[s.id] = counts[s.id] = s.context
-                else:
-                    rest.append(s)
-            short = rest
-            if not short:
-                return []
         order = sorted(running, key=lambda s: s.admitted_at)  # oldest first, stable
         alive = [s.id for s in order]
         victims: list[int] = []
@@ -651,12 +655,14 @@ class Paged:
         self.alloc.fork(holder, seq.id)
         self._pid[seq.id] = pid
         self._users[pid] += 1
-        for _ in range(need - cached):
+        have = cached
+        while have < need:
             try:
                 self.alloc.append(seq.id)
+                have += 1
             except MemoryError:
                 if self._evict_prefix(keep=pid):
-                    continue
+                    continue  # and retry the same token
                 self.alloc.free(seq.id)  # undo: the sequence waits
                 del self._pid[seq.id]
                 self._users[pid] -= 1

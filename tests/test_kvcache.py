@@ -307,3 +307,112 @@ def test_paged_random_protocol_run_keeps_its_invariants():
         while m._evict_prefix():
             pass
         assert m.used() == 0 and m.stored() == 0 and m.alloc.num_free() == m.n_blocks
+
+
+# ----------------------------------------------------------------------------- in the simulator
+from scalesim_course import sim, workload  # noqa: E402
+from scalesim_course.workload import Workload  # noqa: E402
+
+
+class _Ten:
+    """Every step takes 10 ms, whatever it holds."""
+
+    def step_time(self, prefill_tokens, decode_seqs, context_tokens):
+        return 0.01
+
+
+def _keep(factory, into: list):
+    def make(capacity):
+        into.append(factory(capacity))
+        return into[-1]
+    return make
+
+
+def test_reserve_max_equals_exact_when_every_answer_is_the_maximum():
+    # if every output is exactly max_output, reserving the maximum IS the exact reservation
+    rng = np.random.default_rng(1)
+    wl = Workload.build(np.sort(rng.uniform(0, 20, 300)), rng.integers(1, 300, 300), [50] * 300)
+    kw = dict(mode="iteration", cost=_Ten(), kv_capacity=3000, max_batch=64)
+    a = sim.simulate(wl, kv=kvcache.reserve_max(50), **kw)
+    b = sim.simulate(wl, **kw)
+    assert np.array_equal(a.finish, b.finish) and np.array_equal(a.first_token, b.first_token)
+
+
+def test_paged_with_room_for_everything_equals_exact():
+    rng = np.random.default_rng(2)
+    wl = Workload.build(np.sort(rng.uniform(0, 20, 300)), rng.integers(1, 300, 300),
+                        rng.integers(1, 100, 300))
+    kw = dict(mode="iteration", cost=_Ten(), kv_capacity=10**6, max_batch=64)
+    a = sim.simulate(wl, kv=kvcache.paged(), **kw)
+    assert np.array_equal(a.finish, sim.simulate(wl, **kw).finish) and not a.preemptions
+
+
+@pytest.mark.parametrize("sharing,watermark", [(False, 0.0), (True, 0.0), (True, 0.01)])
+def test_long_random_paged_runs_keep_every_invariant(sharing, watermark):
+    rng = np.random.default_rng(4)
+    n = 1500
+    wl = Workload.build(np.sort(rng.uniform(0, 60, n)), rng.integers(1, 400, n),
+                        rng.integers(1, 300, n), prompt_id=rng.integers(-1, 20, n))
+    made: list = []
+    res = sim.simulate(wl, mode="iteration", cost=_Ten(), kv_capacity=6000, max_batch=128,
+                       replicas=2, kv=_keep(kvcache.paged(block_size=16, prefix_sharing=sharing,
+                                                          watermark=watermark), made),
+                       record_steps=True)
+    # every request, preempted or not, finishes exactly once with all its tokens
+    assert not np.isnan(res.finish).any() and res.unfinished == 0
+    assert int(res.n_preemptions.sum()) == len(res.preemptions)
+    if watermark == 0.0:
+        assert len(res.preemptions) > 0  # the test exercises preemption
+    for p in res.preemptions:
+        assert p.generated < wl.output_tokens[p.request_id]
+    # used blocks never exceed the pool, and what holds tokens never exceeds what is used
+    for _, _, used, stored in res.kv_log:
+        assert 0 <= stored <= used <= 6000
+    # at the end nothing leaks: only cached prefixes hold blocks; evicting them empties the pool
+    for m in made:
+        assert not m._tokens and not m._preempted
+        while m._evict_prefix():
+            pass
+        assert m.used() == 0 and m.stored() == 0 and m.alloc.num_free() == m.n_blocks
+        assert not any(m.alloc._refs) and not m.alloc._tables
+
+
+def test_paged_with_a_learner_style_allocator_matches_the_package():
+    class Plain:  # no extend(): the manager must fall back to one append per token
+        def __init__(self, n_blocks, block_size):
+            self.a = BlockAllocator(n_blocks, block_size)
+            self.allocate, self.append, self.fork = self.a.allocate, self.a.append, self.a.fork
+            self.free, self.num_free = self.a.free, self.a.num_free
+
+    rng = np.random.default_rng(6)
+    wl = Workload.build(np.sort(rng.uniform(0, 10, 300)), rng.integers(1, 200, 300),
+                        rng.integers(1, 200, 300), prompt_id=rng.integers(-1, 5, 300))
+    kw = dict(mode="iteration", cost=_Ten(), kv_capacity=2500, max_batch=64)
+    for sharing in (False, True):
+        mine = sim.simulate(wl, kv=kvcache.paged(prefix_sharing=sharing, allocator=Plain,
+                                                 watermark=0), **kw)
+        ref = sim.simulate(wl, kv=kvcache.paged(prefix_sharing=sharing, watermark=0), **kw)
+        assert np.array_equal(mine.finish, ref.finish) and mine.preemptions == ref.preemptions
+        assert len(ref.preemptions) > 0
+
+
+def test_prefix_sharing_hit_rate_of_identical_prompts():
+    # 10 requests, all the same 40-token prompt, blocks of 16: the first caches 32 tokens
+    # (2 full blocks), each of the other 9 finds them: hits 9 * 32 of 10 * 40 prompt tokens
+    wl = Workload.build(np.arange(10) * 0.001, [40] * 10, [5] * 10, prompt_id=[7] * 10)
+    made: list = []
+    sim.simulate(wl, mode="iteration", cost=_Ten(), kv_capacity=4000, max_batch=64,
+                 kv=_keep(kvcache.paged(prefix_sharing=True), made))
+    assert made[0].hit_rate == pytest.approx(9 * 32 / 400)
+
+
+def test_azure_trace_hour_replays_with_paging():
+    path = "/work/shared/traces/AzureLLMInferenceTrace_conv.csv"
+    import os
+    if not os.path.exists(path):
+        pytest.skip("Azure conversation trace not present")
+    wl = workload.load_azure_trace(path)
+    llm = costmodel.RooflineCost("llama-2-7b", "a100-80gb-sxm")
+    res = sim.simulate(wl, mode="iteration", cost=llm, kv_capacity=llm.max_kv_tokens(),
+                       max_batch=256, replicas=2, kv=kvcache.paged(watermark=0))
+    assert res.unfinished == 0 and not np.isnan(res.finish).any()
