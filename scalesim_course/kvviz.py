@@ -92,47 +92,72 @@ def reserved_vs_stored(runs: dict, ax=None, title: str = "KV memory: reserved ag
     return ax
 
 
+def kv_policies(model, dtype, gpu, context: int, reserve: int, block_size: int) -> dict:
+    """The largest batch each KV policy fits, and the share of its memory holding no token.
+
+    Every request holds `context` tokens. 90% of the GPU's memory is usable (vLLM's default);
+    the weights take their share. Exact: pool // context. Paged: whole blocks, the last one
+    partly empty. Reserve max: each request reserves max(reserve, context) tokens.
+
+    Returns:
+        {"per_token", "pool_bytes", "slots", "batch": {policy: n}, "waste": {policy: share}}.
+    """
+    from . import costmodel, kvcache
+
+    spec, card = costmodel.get_model(model), costmodel.get_gpu(gpu)
+    per_token = kvcache.kv_bytes_per_token(spec, dtype)
+    pool = max(0.0, card.mem_bytes * 0.9 - spec.weight_bytes)
+    slots = int(pool // per_token)
+    reserve = max(reserve, context)
+    blocks = -(-context // block_size) * block_size
+    names = ("exact (knows the length)", f"paged, blocks of {block_size}",
+             f"reserve {reserve} tokens")
+    return {"per_token": per_token, "pool_bytes": pool, "slots": slots,
+            "batch": dict(zip(names, (slots // context,
+                                      (slots // block_size) * block_size // blocks,
+                                      slots // reserve))),
+            "waste": dict(zip(names, (0.0, 1 - context / blocks, 1 - context / reserve)))}
+
+
+def kv_policy_figure(model, dtype, gpu, context: int, reserve: int, block_size: int):
+    """Bars of `kv_policies`: largest batch and memory waste per policy, with a caption."""
+    import matplotlib.pyplot as plt
+
+    from . import costmodel
+
+    spec, card = costmodel.get_model(model), costmodel.get_gpu(gpu)
+    got = kv_policies(model, dtype, gpu, context, reserve, block_size)
+    batch, waste = got["batch"], got["waste"]
+    names = list(batch)
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
+    a.barh(names, [batch[k] for k in names], color=PALETTE[:3])
+    a.set(xlabel="largest batch that fits", title=f"{spec.name} on {card.name}, {dtype}")
+    for y, k in enumerate(names):
+        a.text(batch[k], y, f" {batch[k]:,}", va="center")
+    a.invert_yaxis()
+    b.barh(names, [100 * waste[k] for k in names], color=PALETTE[:3])
+    b.set(xlabel="% of allocated KV memory holding no token", xlim=(0, 100),
+          title="memory waste", yticklabels=[])
+    b.invert_yaxis()
+    caption = (f"weights {spec.weight_bytes / GiB:.1f} GiB; KV pool {got['pool_bytes'] / GiB:.1f} "
+               f"GiB = {got['slots']:,} tokens at {got['per_token'] / 1024:g} KiB/token "
+               f"(90% of {card.mem_bytes / GiB:.0f} GiB usable, as vLLM's default)")
+    return fig, caption
+
+
 def kv_explorer():
     """Model, cache dtype, GPU, context and block size: the largest batch each KV policy fits,
-    and the share of its memory that holds no token.
-
-    Every request holds `context` tokens. Exact: pool / context. Paged: whole blocks, the last
-    one partly empty. Reserve max: each request reserves `reserve` tokens whatever it uses.
-    """
+    and the share of its memory that holds no token (see `kv_policies`)."""
     import ipywidgets as w
     import matplotlib.pyplot as plt
 
-    from . import costmodel, kvcache
+    from . import costmodel
     from .widgets import explorer
 
     def render(model, dtype, gpu, context, reserve, block_size):
-        spec, card = costmodel.get_model(model), costmodel.get_gpu(gpu)
-        per_token = kvcache.kv_bytes_per_token(spec, dtype)
-        pool = max(0.0, card.mem_bytes * 0.9 - spec.weight_bytes)
-        slots = int(pool // per_token)
-        reserve = max(reserve, context)
-        blocks = -(-context // block_size) * block_size
-        batch = {"exact (knows the length)": slots // context,
-                 f"paged, blocks of {block_size}": (slots // block_size) * block_size // blocks,
-                 f"reserve {reserve} tokens": slots // reserve}
-        waste = {"exact (knows the length)": 0.0,
-                 f"paged, blocks of {block_size}": 1 - context / blocks,
-                 f"reserve {reserve} tokens": 1 - context / reserve}
-        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.4), layout="constrained")
-        names = list(batch)
-        a.barh(names, [batch[k] for k in names], color=PALETTE[:3])
-        a.set(xlabel="largest batch that fits", title=f"{spec.name} on {card.name}, {dtype}")
-        for y, k in enumerate(names):
-            a.text(batch[k], y, f" {batch[k]:,}", va="center")
-        a.invert_yaxis()
-        b.barh(names, [100 * waste[k] for k in names], color=PALETTE[:3])
-        b.set(xlabel="% of allocated KV memory holding no token", xlim=(0, 100),
-              title="memory waste", yticklabels=[])
-        b.invert_yaxis()
+        _, caption = kv_policy_figure(model, dtype, gpu, context, reserve, block_size)
         plt.show()
-        print(f"weights {spec.weight_bytes / GiB:.1f} GiB; KV pool {pool / GiB:.1f} GiB "
-              f"= {slots:,} tokens at {per_token / 1024:g} KiB/token "
-              f"(90% of {card.mem_bytes / GiB:.0f} GiB usable, as vLLM's default)")
+        print(caption)
 
     controls = {
         "model": w.Dropdown(options=list(costmodel.MODELS), value="llama-2-7b",
