@@ -397,7 +397,7 @@ class ReserveMax:
         return True
 
     def grow(self, running) -> list[int]:
-        """Nothing to allocate: every running sequence has its reservation. Notes the tokens held."""
+        """Nothing to allocate: each running sequence has its reservation. Notes tokens held."""
         self._stored = sum(s.context for s in running)
         return []
 
@@ -494,7 +494,7 @@ class Paged:
 
     # --- the protocol
     def admit(self, seq) -> bool:
-        """Allocate blocks for the sequence's context; False (nothing allocated) if they don't fit."""
+        """Blocks for the sequence's context; False (nothing allocated) if they don't fit."""
         sid = seq.id
         self._preempted.discard(sid)
         if sid in self._tokens:
@@ -530,7 +530,7 @@ class Paged:
         return True
 
     def grow(self, running: Sequence) -> list[int]:
-        """Give every running sequence room for its context; preempt the newest when out of blocks."""
+        """Room for every running sequence's context; preempt the newest when out of blocks."""
         tokens = self._tokens
         if self._room is not None:  # the package's allocator: fill private room without calls
             room, counts, short, added = self._room, self.alloc._tokens, [], 0

@@ -1,8 +1,6 @@
 """Figures and the explorer of notebook 03 (the KV cache), in the course's plot style."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from .plots import PALETTE, _axes
@@ -75,7 +73,8 @@ def memory_per_request(contexts, bytes_per_token: dict, gpu_free: dict | None = 
     return ax
 
 
-def reserved_vs_stored(runs: dict, ax=None, title: str = "KV memory: reserved against holding tokens"):
+def reserved_vs_stored(runs: dict, ax=None,
+                       title: str = "KV memory: reserved against holding tokens"):
     """Per policy, the KV slots reserved and those holding a token, over the run.
 
     Args:
