@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ._checks import check_int, rng_from
+from ._checks import check_callable, check_int, rng_from
 from .costmodel import StepRecord
 from .metrics import latency_summary
 from .workload import lognormal_lengths
@@ -626,3 +626,159 @@ def compare_batching(model: TinyTransformer, requests: DemoRequests, max_batch: 
             "speedup": best["continuous"].tokens_per_s / best["static"].tokens_per_s,
             "same_tokens": same_tokens(best["static"], best["continuous"]),
             "results": best}
+
+
+# ----------------------------------------------------------------------------- one sequence, with and without a KV cache
+class SoloRun(NamedTuple):
+    """Greedy generation of one sequence, timed step by step.
+
+    Attributes:
+        tokens: the generated token ids.
+        step_times: seconds of each model call; step 0 is the prefill of the prompt, which
+            yields the first token; step i >= 1 yields token i.
+        cache: the `KVCache` that holds the sequence's keys and values at the end (None when
+            generating without a cache).
+    """
+
+    tokens: list[int]
+    step_times: np.ndarray
+    cache: "KVCache | None"
+
+
+def generate_with_cache(model: TinyTransformer, prompt: Sequence[int], max_new_tokens: int, *,
+                        attention=None, threads: int | None = 1) -> SoloRun:
+    """Greedy generation with a KV cache: each step runs only the newest token.
+
+    The prompt is prefilled once into a one-slot `KVCache`; each later step computes the new
+    token's query, key and value in every layer, appends the key and value to the cache and
+    attends over it.
+
+    Args:
+        model: the `TinyTransformer`.
+        prompt: token ids (at least one).
+        max_new_tokens: tokens to generate, >= 1.
+        attention: None: the model's own attention (the code path batched generation uses).
+            Or a function attention(q, k_cache, v_cache, k_new, v_new) -> (out, k, v) with the
+            shapes of `kvcache.decode_attention`, called for every layer of every decode step;
+            the keys and values it returns become the cache.
+        threads: torch CPU threads during the run; see `generate_static`.
+
+    Returns:
+        a `SoloRun` (tokens, step times, the cache).
+    """
+    (prompt,), (n,) = _check_requests(model, [prompt], [max_new_tokens])
+    if attention is not None:
+        check_callable("attention", attention)
+    with torch.inference_mode(), torch_threads(threads):
+        cache = KVCache(model.config, 1, len(prompt) + n)
+        slot = torch.tensor([0])
+        tokens, times = [], []
+        start = time.perf_counter()
+        logits = model.extend(cache, slot, torch.tensor([prompt]))[0, -1]
+        for i in range(n):
+            tokens.append(int(logits.argmax()))
+            now = time.perf_counter()
+            times.append(now - start)
+            start = now
+            if i == n - 1:
+                break
+            if attention is None:
+                logits = model.extend(cache, slot, torch.tensor([[tokens[-1]]]))[0, -1]
+            else:
+                logits = _decode_with(model, cache, tokens[-1], attention)
+    return SoloRun(tokens, np.array(times), cache)
+
+
+def generate_without_cache(model: TinyTransformer, prompt: Sequence[int], max_new_tokens: int,
+                           *, threads: int | None = 1) -> SoloRun:
+    """Greedy generation without a KV cache: every step reruns the whole sequence so far.
+
+    Args:
+        model: the `TinyTransformer`.
+        prompt: token ids (at least one).
+        max_new_tokens: tokens to generate, >= 1.
+        threads: torch CPU threads during the run; see `generate_static`.
+
+    Returns:
+        a `SoloRun` (cache None).
+    """
+    (prompt,), (n,) = _check_requests(model, [prompt], [max_new_tokens])
+    with torch.inference_mode(), torch_threads(threads):
+        seq, tokens, times = list(prompt), [], []
+        for _ in range(n):
+            start = time.perf_counter()
+            token = int(model(torch.tensor([seq]))[0, -1].argmax())
+            times.append(time.perf_counter() - start)
+            tokens.append(token)
+            seq.append(token)
+    return SoloRun(tokens, np.array(times), None)
+
+
+def _decode_with(model: TinyTransformer, cache: KVCache, token: int, attention) -> torch.Tensor:
+    """One decode step of slot 0 with a caller's attention function; the last logits."""
+    cfg = model.config
+    pos = int(cache.lengths[0])
+    h, kv, hd = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    x = model.embed(torch.tensor([[token]]))
+    cos, sin = model.rope(torch.tensor([[pos]]))
+    for layer, block in enumerate(model.blocks):
+        q, k, v = block.qkv(block.attn_norm(x)).split([h * hd, kv * hd, kv * hd], dim=-1)
+        q = rotate(q.view(1, 1, h, hd).transpose(1, 2), cos, sin)[0, :, 0]
+        k = rotate(k.view(1, 1, kv, hd).transpose(1, 2), cos, sin)[0, :, 0]
+        v = v.view(kv, hd)
+        got = attention(q, cache.k[layer][0, :, :pos].clone(), cache.v[layer][0, :, :pos].clone(),
+                        k, v)
+        if not (isinstance(got, tuple) and len(got) == 3):
+            raise TypeError(f"attention must return (out, k, v), got {type(got).__name__}")
+        out, k_all, v_all = got
+        for name, value, shape in (("out", out, (h, hd)), ("k", k_all, (kv, pos + 1, hd)),
+                                   ("v", v_all, (kv, pos + 1, hd))):
+            if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape:
+                raise ValueError(f"attention returned {name} of shape "
+                                 f"{tuple(getattr(value, 'shape', ()))}; expected {shape}")
+        cache.k[layer][0, :, :pos + 1] = k_all
+        cache.v[layer][0, :, :pos + 1] = v_all
+        x = x + block.out(out.reshape(1, 1, h * hd).to(x.dtype))
+        gate, up = block.gate_up(block.mlp_norm(x)).chunk(2, dim=-1)
+        x = x + block.down(F.silu(gate) * up)
+    cache.lengths[0] += 1
+    return model.lm_head(model.norm(x))[0, -1]
+
+
+@torch.no_grad()
+def attention_inputs(model: TinyTransformer, tokens: Sequence[int], layer: int = 0) -> dict:
+    """What one layer's attention sees and computes for one sequence, in a full causal pass.
+
+    Runs the model without a cache on `tokens` and records, at `layer`, the queries, keys and
+    values (rotary positions applied) and the attention output (before the output
+    projection), as the model itself computed them.
+
+    Args:
+        model: the `TinyTransformer`.
+        tokens: token ids of the sequence.
+        layer: which block, 0 .. n_layers - 1.
+
+    Returns:
+        {"q": [n_heads, T, head_dim], "k", "v": [n_kv_heads, T, head_dim],
+        "out": [n_heads, T, head_dim]}: position t attended over positions 0..t.
+    """
+    cfg = model.config
+    check_int("layer", layer, minimum=0)
+    if layer >= cfg.n_layers:
+        raise ValueError(f"layer={layer} but the model has {cfg.n_layers} layers (0..{cfg.n_layers - 1})")
+    (tokens,), _ = _check_requests(model, [tokens], [1])
+    block, seen = model.blocks[layer], {}
+    hooks = [block.qkv.register_forward_hook(lambda m, i, o: seen.__setitem__("qkv", o)),
+             block.out.register_forward_hook(lambda m, i, o: seen.__setitem__("attn", i[0]))]
+    try:
+        model(torch.tensor([tokens]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    t, h, kv, hd = len(tokens), cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    q, k, v = seen["qkv"].split([h * hd, kv * hd, kv * hd], dim=-1)
+    cos, sin = model.rope(torch.arange(t)[None])
+    return {"q": rotate(q.view(1, t, h, hd).transpose(1, 2), cos, sin)[0],
+            "k": rotate(k.view(1, t, kv, hd).transpose(1, 2), cos, sin)[0],
+            "v": v.view(1, t, kv, hd).transpose(1, 2)[0],
+            "out": seen["attn"].view(t, h, hd).transpose(0, 1)}

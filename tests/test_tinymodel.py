@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from scalesim_course import tinymodel
 from scalesim_course.costmodel import LinearStepCost
 from scalesim_course.tinymodel import (DemoRequests, KVCache, TinyConfig, TinyTransformer,
                                        compare_batching, demo_requests, generate_continuous,
@@ -249,3 +250,31 @@ def test_bad_configs_are_refused():
         TinyConfig(dtype=torch.float16)
     with pytest.raises(ValueError, match="n_layers must be >= 1"):
         TinyConfig(n_layers=0)
+
+
+# ----------------------------------------------------------------------------- one sequence, with and without a cache
+def test_cache_and_no_cache_generate_the_same_tokens():
+    from scalesim_course.kvcache import decode_attention
+
+    model = TinyTransformer(TinyConfig(n_heads=4, n_kv_heads=2, seed=3))
+    prompt = list(range(7, 30))
+    cached = tinymodel.generate_with_cache(model, prompt, 40)
+    plain = tinymodel.generate_without_cache(model, prompt, 40)
+    own = tinymodel.generate_with_cache(model, prompt, 40, attention=decode_attention)
+    assert cached.tokens == plain.tokens == own.tokens == tinymodel.generate_one(model, prompt, 40)
+    assert len(cached.step_times) == len(plain.step_times) == 40 and plain.cache is None
+    # the cache holds prompt + 39 tokens (the last token's KV is never needed)
+    assert int(cached.cache.lengths[0]) == len(prompt) + 39
+    # 2 (K and V) x 4 layers x 2 KV heads x 16 dims x 8 bytes, per slot of capacity
+    assert cached.cache.nbytes == 2 * 4 * 2 * 16 * 8 * (len(prompt) + 40)
+    assert torch.allclose(own.cache.k[1], cached.cache.k[1], atol=1e-12)  # same up to rounding
+
+
+def test_custom_attention_errors_name_the_problem():
+    model = TinyTransformer(TinyConfig())
+    with pytest.raises(TypeError, match="attention"):
+        tinymodel.generate_with_cache(model, [1, 2], 3, attention=lambda *a: a[0])
+    with pytest.raises(ValueError, match="shape"):
+        tinymodel.generate_with_cache(model, [1, 2], 3, attention=lambda q, kc, vc, k, v: (q, kc, vc))
+    with pytest.raises(ValueError, match="layer=4"):
+        tinymodel.attention_inputs(model, [1, 2], layer=4)
