@@ -225,11 +225,14 @@ def error_line(output) -> int | None:
 
 
 class ScrubHiddenTests(Preprocessor):
-    """Feedback without hidden tests: drop them from test cells and trim tracebacks to one line.
+    """Feedback without hidden tests: drop them from test cells, their printed output too, and
+    trim tracebacks to one line.
 
     A traceback quotes the lines around the failing one, so every error in a test cell is cut
-    to ``ename: evalue`` when it failed in the visible tests, and to a plain notice when it
-    failed in the hidden ones.
+    to ``ename: evalue`` when it failed in the visible tests, and to the broken promise (or a
+    plain notice) when it failed in the hidden ones.  Whatever a test cell printed (warnings
+    shown by `silenced`, the learner's own prints of hidden inputs) is dropped: it may carry
+    hidden-test values.
     """
 
     enabled = Bool(True, help="Whether to scrub (always, unless switched off)").tag(config=True)
@@ -238,9 +241,14 @@ class ScrubHiddenTests(Preprocessor):
         if not is_test_cell(cell):
             return cell, resources
         hidden = marked_regions(cell.source, "hidden")
+        kept = []
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
-                output["traceback"] = [describe_error(output, hidden)]
+                line = describe_error(output, hidden)
+                output["ename"], output["evalue"] = "", line
+                output["traceback"] = [line]
+                kept.append(output)
+        cell["outputs"] = kept
         cell.source = remove_regions(cell.source, "hidden")
         return cell, resources
 
@@ -254,5 +262,7 @@ def describe_error(output, hidden: list[tuple[int, int]]) -> str:
         return "stopped: the cell ran past the time limit (an endless loop?)"
     line = error_line(output)
     if line is None or any(a <= line <= b for a, b in hidden):
+        if ename == "BrokenPromise" and evalue.strip():  # the promise a `promise` block names
+            return f"hidden test: {evalue.strip().splitlines()[0][:200]}"
         return f"a hidden test failed ({ename})"
-    return f"{ename}: {evalue}" if evalue else ename
+    return f"{ename}: {evalue}" if evalue.strip() else ename
