@@ -335,13 +335,20 @@ def _runs_package_code(fn, example: tuple, allowed) -> str | None:
     here = __file__
     hits: list[str] = []
 
+    inside: list = []   # frames of allowed code now running: what they call is theirs
+
     def profile(frame, event, arg):
-        if event == "call" and not hits:
-            code = frame.f_code
-            if code.co_filename.startswith(_PACKAGE_DIR) and code.co_filename != here \
-                    and code not in ok:
-                module = Path(code.co_filename).stem
-                hits.append(f"{PACKAGE}.{module}.{code.co_name}")
+        if event == "return" and inside and frame is inside[-1]:
+            inside.pop()
+        if event != "call" or hits:
+            return
+        code = frame.f_code
+        if code in ok:
+            inside.append(frame)
+        elif not inside and code.co_filename.startswith(_PACKAGE_DIR) \
+                and code.co_filename != here:
+            module = Path(code.co_filename).stem
+            hits.append(f"{PACKAGE}.{module}.{code.co_name}")
 
     sink = io.StringIO()
     previous = sys.getprofile()
