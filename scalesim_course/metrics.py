@@ -88,7 +88,9 @@ def histogram_quantile(q: float, upper_bounds: Sequence[float], cumulative_count
     Follows ``histogram_quantile`` (prometheus/promql/quantile.go): find the bucket whose
     cumulative count first reaches rank q * total and interpolate linearly inside it, assuming
     the lowest bucket starts at 0. If the rank falls in the +Inf bucket, the answer is the upper
-    bound of the second-highest bucket. Where Prometheus returns NaN or +-Inf, this raises.
+    bound of the second-highest bucket. Where Prometheus returns NaN or +-Inf for bad input,
+    this raises. q = 0 with an empty first bucket (Prometheus: 0 / 0, NaN) returns 0.0, the
+    first bucket's lower end.
 
     Args:
         q: quantile in [0, 1] (0.99 for p99).
