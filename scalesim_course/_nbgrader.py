@@ -165,16 +165,35 @@ def fresh_gradebook(path: Path) -> str:
     A new gradebook costs seconds (nbgrader runs `alembic` in a subprocess), so the first is
     built once per process and copied.
     """
+    import nbgrader.api
     from nbgrader.api import Gradebook
 
     if not _TEMPLATE_DB:
         folder = Path(tempfile.mkdtemp(prefix="scalesim-gradebook-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        with nbgrader_environment():
-            Gradebook(f"sqlite:///{folder / 'gradebook.db'}").close()
+        saved = nbgrader.api.get_alembic_version
+        head = _alembic_head()
+        if head:  # nbgrader asks `alembic heads` in a subprocess (seconds): read it in process
+            nbgrader.api.get_alembic_version = lambda: head
+        try:
+            with nbgrader_environment():
+                Gradebook(f"sqlite:///{folder / 'gradebook.db'}").close()
+        finally:
+            nbgrader.api.get_alembic_version = saved
         _TEMPLATE_DB.append(folder / "gradebook.db")
     shutil.copyfile(_TEMPLATE_DB[0], path)
     return f"sqlite:///{path}"
+
+
+def _alembic_head() -> str | None:
+    """The head revision of nbgrader's gradebook migrations, read without a subprocess."""
+    try:
+        from alembic.script import ScriptDirectory
+        from nbgrader.dbutil import ALEMBIC_DIR
+
+        return ScriptDirectory(ALEMBIC_DIR).get_current_head()
+    except Exception:  # noqa: BLE001 - fall back to nbgrader's own way
+        return None
 
 
 # ----------------------------------------------------------------------------- cell text

@@ -83,6 +83,7 @@ class GradeReport:
     skipped: str = ""
     seconds: float = 0.0  # how long grading took
     steps: dict = field(default_factory=dict)  # seconds per step of grading, for profiling
+    cell_seconds: dict = field(default_factory=dict)  # cell_key -> seconds it ran
 
     @property
     def total(self) -> tuple[float, float]:
@@ -163,9 +164,10 @@ def grade_notebook(notebook, *, assignment: str | None = None, timeout: float | 
     Raises:
         GradingError: the file is not a notebook, the assignment is unknown, or nbgrader failed.
     """
+    start = time.perf_counter()
+    skip_slow_optional_imports()
     from ._nbgrader import CourseError, course_root
 
-    start = time.perf_counter()
     path = Path(notebook).expanduser()
     if timeout is not None and not timeout > 0:
         raise GradingError(f"timeout must be > 0 seconds, got {timeout!r}")
@@ -181,6 +183,47 @@ def grade_notebook(notebook, *, assignment: str | None = None, timeout: float | 
         raise GradingError(str(err)) from None
     report.seconds = time.perf_counter() - start
     return report
+
+
+def skip_slow_optional_imports() -> None:
+    """Keep jsonschema from importing rfc3987_syntax, unless something already did.
+
+    jsonschema imports it, when installed, to check "iri" string formats, which no notebook
+    schema uses; it builds a parser at import, which costs seconds (4 s measured here) on
+    every grading run.  Blocking the optional import makes jsonschema skip that format.
+    """
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)
+    if "nbgrader" not in sys.modules:
+        _import_nbgrader_without_server_extensions()
+
+
+_SERVER_EXTENSIONS = ("assignment_list", "course_list", "validate_assignment", "formgrader")
+
+
+def _import_nbgrader_without_server_extensions() -> None:
+    """Import nbgrader without its Jupyter server extensions (they import jupyter_server:
+    seconds, and grading never serves anything).  Their stand-ins leave sys.modules right
+    after, so a later `import nbgrader.server_extensions.formgrader` still gets the real one."""
+    import types
+
+    names = ["nbgrader.server_extensions"] + [f"nbgrader.server_extensions.{n}"
+                                              for n in _SERVER_EXTENSIONS]
+    if any(n in sys.modules for n in names):
+        return
+    for n in names:
+        stub = types.ModuleType(n)
+        stub.__path__ = []
+        stub.load_jupyter_server_extension = lambda app: None
+        sys.modules[n] = stub
+    try:
+        import nbgrader  # noqa: F401
+    except Exception:  # noqa: BLE001 - the real import below will say what is wrong
+        pass
+    finally:
+        for n in names:
+            if getattr(sys.modules.get(n), "__file__", None) is None:
+                sys.modules.pop(n, None)
 
 
 def read_notebook(path: Path):
@@ -261,6 +304,7 @@ def _grade_in(tmp: Path, path: Path, nb, root: Path, name: str, timeout, html_pa
     report = GradeReport(path, name, _results(graded, _scores(config, name), titles), notes,
                          _cell_errors(graded))
     report.notes += _timeouts_noted(graded, titles)
+    report.cell_seconds = cell_seconds(graded)
     if html_path is not None:
         _write_feedback(config, tmp, name, Path(html_path))
     lap("report")
@@ -278,6 +322,25 @@ def cell_key(cell, index: int) -> str:
     from ._nbgrader import nbgrader_meta
 
     return nbgrader_meta(cell).get("grade_id") or cell.get("id") or f"#{index}"
+
+
+def cell_seconds(nb) -> dict[str, float]:
+    """cell_key -> seconds each code cell of an executed notebook ran (nbclient's timing)."""
+    from datetime import datetime
+
+    out = {}
+    for index, cell in enumerate(nb.cells):
+        timing = cell.get("metadata", {}).get("execution", {})
+        start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+        if cell.cell_type != "code" or not start or not end:
+            continue
+        try:
+            seconds = (datetime.fromisoformat(end.replace("Z", "+00:00"))
+                       - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+        except ValueError:
+            continue
+        out[cell_key(cell, index)] = round(max(seconds, 0.0), 3)
+    return out
 
 
 def cell_timeouts(root: Path, name: str) -> tuple[dict[str, float], float] | None:
