@@ -54,13 +54,24 @@ def latency_vs_load(loads, series: dict, theory: dict | None = None, ax=None,
 
     Args:
         loads: x values (e.g. utilisations).
-        series: label -> measured values at each load (drawn as markers and lines).
+        series: label -> measured values at each load (drawn as markers and lines); a 2-D
+            array (replications x loads) draws the median as markers and the range of the
+            replications as a shaded band.
         theory: label -> theoretical values at each load (dashed); labels match `series`.
+        log: logarithmic y axis (False: linear, where "explodes" is seen as it is).
     """
     ax = _axes(ax, title, xlabel, ylabel)
     for i, (label, values) in enumerate(series.items()):
         colour = PALETTE[i % len(PALETTE)]
-        ax.plot(loads, values, "o-", color=colour, label=f"{label} (simulated)")
+        values = np.asarray(values, dtype=float)
+        if values.ndim == 2:
+            ax.fill_between(loads, values.min(axis=0), values.max(axis=0), color=colour,
+                            alpha=0.25, lw=0,
+                            label=f"{label}: range of {values.shape[0]} simulated runs")
+            ax.plot(loads, np.median(values, axis=0), "o", color=colour, ms=5,
+                    label=f"{label}: median of the runs")
+        else:
+            ax.plot(loads, values, "o-", color=colour, label=f"{label} (simulated)")
         if theory and label in theory:
             ax.plot(loads, theory[label], "--", color=colour, alpha=0.8, label=f"{label} (theory)")
     if log:
