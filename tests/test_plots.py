@@ -62,3 +62,14 @@ def test_lifecycle_bars_follow_the_timestamps():
     ax = plots.lifecycle(res)
     waits = [p.get_width() for p in ax.patches[:3]]
     assert waits == pytest.approx(res.queue_delay.tolist())
+
+
+def test_batch_cost_curves_share_a_unitless_axis_and_skip_impossible_sizes():
+    sizes = [1, 2, 4, 8]
+    left, right = plots.batch_cost_curves(sizes, {"requests": [0.01, 0.01, 0.01, 0.02],
+                                                  "tokens": [0.02, 0.02, 0.03, np.nan]})
+    req, tok = right.get_lines()
+    assert list(req.get_ydata()) == [1.0, 2.0, 4.0, 4.0]       # b / t, over b = 1
+    assert list(tok.get_ydata()[:3]) == [1.0, 2.0, 4 * 0.02 / 0.03]
+    assert np.isnan(tok.get_ydata()[3])                          # not drawn
+    assert "× a batch of 1" in right.get_ylabel()
