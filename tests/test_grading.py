@@ -87,6 +87,29 @@ def test_endless_loop_is_cut_and_the_rest_is_graded(tiny_course, submit):
     assert "time limit" in add.message
 
 
+def test_self_grading_times_cells_from_the_solution_and_names_the_stuck_exercise(
+        tiny_course, submit, monkeypatch, capsys):
+    """Issue 8: an endless loop cost 254 s; the limit now comes from the solution's own times."""
+    from scalesim_course import grading
+    from scalesim_course.release import measure_cell_times
+
+    times = measure_cell_times(TINY, tiny_course)            # grades the solution once
+    cells = json.loads(times.read_text())["cells"]
+    assert {"add_tests", "mean_tests"} <= set(cells) and all(v >= 0 for v in cells.values())
+    limits, other = grading.cell_timeouts(tiny_course, TINY)
+    assert limits["add_tests"] == max(grading.MIN_TIMEOUT, 10 * cells["add_tests"])
+    monkeypatch.setattr(grading, "MIN_TIMEOUT", 3.0)   # keep the test short
+    start = time.monotonic()
+    report = grading.grade(submit(add=LOOP, mean=MEAN), course_root_dir=tiny_course)
+    took = time.monotonic() - start
+    assert took < 40, f"grading with an endless loop took {took:.0f} s"
+    add, mean = report.exercises
+    assert (add.earned, mean.earned) == (0, 3)
+    assert any("time limit" in note for note in report.notes + [add.message])
+    out = capsys.readouterr().out
+    assert "graded in" in out and "saved at" in out
+
+
 def test_exception_scores_zero_for_its_exercise_only(tiny_course, submit):
     report = grade(submit(add="1 / 0\ndef add(a, b):\n    return a + b",
                           mean="def mean(xs):\n    raise RuntimeError('boom')"),
