@@ -279,6 +279,8 @@ def describe_error(output, hidden: list[tuple[int, int]]) -> str:
         return f"{ename}: {evalue}"
     if ename in ("CellTimeoutError", "KeyboardInterrupt"):
         return "stopped: the cell ran past the time limit (an endless loop?)"
+    if ename == "NotImplementedError":
+        return "not answered yet (the function still raises NotImplementedError)"
     line = error_line(output)
     if line is None or any(a <= line <= b for a, b in hidden):
         if ename == "BrokenPromise" and evalue.strip():  # the promise a `promise` block names

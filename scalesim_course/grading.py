@@ -401,6 +401,8 @@ def _progress(config, submission):
     def on_cell_start(cell, cell_index, **_):
         from ._nbgrader import nbgrader_meta
 
+        if cell.get("cell_type") != "code":
+            return
         gid = nbgrader_meta(cell).get("grade_id")
         label = titles.get(gid) or where.get(cell.get("id")) or ""
         bar.set_description(f"grading: {label[:48]}" if label else "grading", refresh=False)
@@ -449,12 +451,15 @@ def _timeouts_noted(graded, titles) -> list[str]:
 
     notes = []
     for cell in graded.cells:
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "error" and \
-                    output.get("ename") in ("CellTimeoutError", "KeyboardInterrupt"):
-                gid = nbgrader_meta(cell).get("grade_id")
-                notes.append(f"{titles.get(gid, gid or 'a cell')}: stopped at the time limit "
-                             "(an endless loop, or far slower than needed?)")
+        gid = nbgrader_meta(cell).get("grade_id")
+        stopped = any(o.get("output_type") == "error"
+                      and o.get("ename") in ("CellTimeoutError", "KeyboardInterrupt")
+                      for o in cell.get("outputs", []))
+        if stopped and gid:   # other cells are listed under "cells that raised"
+            note = (f"{titles.get(gid, gid)}: stopped at the time limit (an endless loop, or far "
+                    "slower than needed?)")
+            if note not in notes:
+                notes.append(note)
     return notes
 
 
