@@ -165,16 +165,35 @@ def fresh_gradebook(path: Path) -> str:
     A new gradebook costs seconds (nbgrader runs `alembic` in a subprocess), so the first is
     built once per process and copied.
     """
+    import nbgrader.api
     from nbgrader.api import Gradebook
 
     if not _TEMPLATE_DB:
         folder = Path(tempfile.mkdtemp(prefix="scalesim-gradebook-"))
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
-        with nbgrader_environment():
-            Gradebook(f"sqlite:///{folder / 'gradebook.db'}").close()
+        saved = nbgrader.api.get_alembic_version
+        head = _alembic_head()
+        if head:  # nbgrader asks `alembic heads` in a subprocess (seconds): read it in process
+            nbgrader.api.get_alembic_version = lambda: head
+        try:
+            with nbgrader_environment():
+                Gradebook(f"sqlite:///{folder / 'gradebook.db'}").close()
+        finally:
+            nbgrader.api.get_alembic_version = saved
         _TEMPLATE_DB.append(folder / "gradebook.db")
     shutil.copyfile(_TEMPLATE_DB[0], path)
     return f"sqlite:///{path}"
+
+
+def _alembic_head() -> str | None:
+    """The head revision of nbgrader's gradebook migrations, read without a subprocess."""
+    try:
+        from alembic.script import ScriptDirectory
+        from nbgrader.dbutil import ALEMBIC_DIR
+
+        return ScriptDirectory(ALEMBIC_DIR).get_current_head()
+    except Exception:  # noqa: BLE001 - fall back to nbgrader's own way
+        return None
 
 
 # ----------------------------------------------------------------------------- cell text
@@ -225,11 +244,14 @@ def error_line(output) -> int | None:
 
 
 class ScrubHiddenTests(Preprocessor):
-    """Feedback without hidden tests: drop them from test cells and trim tracebacks to one line.
+    """Feedback without hidden tests: drop them from test cells, their printed output too, and
+    trim tracebacks to one line.
 
     A traceback quotes the lines around the failing one, so every error in a test cell is cut
-    to ``ename: evalue`` when it failed in the visible tests, and to a plain notice when it
-    failed in the hidden ones.
+    to ``ename: evalue`` when it failed in the visible tests, and to the broken promise (or a
+    plain notice) when it failed in the hidden ones.  Whatever a test cell printed (warnings
+    shown by `silenced`, the learner's own prints of hidden inputs) is dropped: it may carry
+    hidden-test values.
     """
 
     enabled = Bool(True, help="Whether to scrub (always, unless switched off)").tag(config=True)
@@ -238,9 +260,14 @@ class ScrubHiddenTests(Preprocessor):
         if not is_test_cell(cell):
             return cell, resources
         hidden = marked_regions(cell.source, "hidden")
+        kept = []
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
-                output["traceback"] = [describe_error(output, hidden)]
+                line = describe_error(output, hidden)
+                output["ename"], output["evalue"] = "", line
+                output["traceback"] = [line]
+                kept.append(output)
+        cell["outputs"] = kept
         cell.source = remove_regions(cell.source, "hidden")
         return cell, resources
 
@@ -252,7 +279,11 @@ def describe_error(output, hidden: list[tuple[int, int]]) -> str:
         return f"{ename}: {evalue}"
     if ename in ("CellTimeoutError", "KeyboardInterrupt"):
         return "stopped: the cell ran past the time limit (an endless loop?)"
+    if ename == "NotImplementedError":
+        return "not answered yet (the function still raises NotImplementedError)"
     line = error_line(output)
     if line is None or any(a <= line <= b for a, b in hidden):
+        if ename == "BrokenPromise" and evalue.strip():  # the promise a `promise` block names
+            return f"hidden test: {evalue.strip().splitlines()[0][:200]}"
         return f"a hidden test failed ({ename})"
-    return f"{ename}: {evalue}" if evalue else ename
+    return f"{ename}: {evalue}" if evalue.strip() else ename

@@ -10,28 +10,36 @@ or from a notebook (save it first)::
     grade("01_serving_fundamentals.ipynb")
 
 The notebook is copied into a temporary nbgrader course, whose source is this course's
-solutions/, and autograded there; the file itself is never changed.  This module also holds
-the helpers the notebooks' tests use: `silenced`, `assert_raises` and `assert_own_work`.
+solutions/, and autograded there; the file itself is never changed.  This is the instructor's
+side (nbgrader runs, the report, the command line); the learner's side (the check-your-work
+call and the helpers the notebooks' tests use) is `scalesim_course.check`, whose names are
+re-exported here so that `from scalesim_course.grading import grade, silenced` keeps working.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
-import dis
-import functools
 import html
-import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
-import types
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._checks import check_callable
+from .check import (  # noqa: F401 - the learner's side, re-exported for old imports
+    BrokenPromise,
+    OwnWorkError,
+    assert_own_work,
+    assert_raises,
+    grade,
+    promise,
+    silenced,
+    uses_exercise,
+)
 
 # nbgrader and nbconvert load only when grading: notebooks import this module for its helpers.
 STUDENT = "learner"  # the one student of the temporary course
@@ -39,10 +47,6 @@ STUDENT = "learner"  # the one student of the temporary course
 
 class GradingError(Exception):
     """The notebook could not be graded; the message says why in one line."""
-
-
-class OwnWorkError(AssertionError):
-    """A graded function hands its work to the package's own implementation."""
 
 
 # ----------------------------------------------------------------------------- the report
@@ -54,6 +58,12 @@ class ExerciseResult:
     earned: float
     possible: float
     message: str = ""  # why it failed; never quotes a hidden test
+    title: str = ""    # "Exercise 2 · SLO attainment and goodput" (from the notebook's heading)
+
+    @property
+    def label(self) -> str:
+        """How the report names it: its exercise heading, else its grade_id."""
+        return self.title or self.grade_id
 
     @property
     def passed(self) -> bool:
@@ -71,6 +81,9 @@ class GradeReport:
     notes: list[str] = field(default_factory=list)   # cells put back, edits undone
     errors: list[str] = field(default_factory=list)  # cells outside the tests that raised
     skipped: str = ""
+    seconds: float = 0.0  # how long grading took
+    steps: dict = field(default_factory=dict)  # seconds per step of grading, for profiling
+    cell_seconds: dict = field(default_factory=dict)  # cell_key -> seconds it ran
 
     @property
     def total(self) -> tuple[float, float]:
@@ -86,12 +99,12 @@ class GradeReport:
         """The report as plain text."""
         if self.skipped:
             return f"grading skipped: {self.skipped}"
-        width = max([len("exercise"), len("total")] + [len(e.grade_id) for e in self.exercises])
-        rows = [f"{self.notebook.name} (assignment {self.assignment})", "",
+        width = max([len("exercise"), len("total")] + [len(e.label) for e in self.exercises])
+        rows = [f"{self.notebook.name} (assignment {self.assignment})", VALIDATE_NOTE, "",
                 f"{'exercise':<{width}}  {'points':>9}  result"]
         for e in self.exercises:
             result = "passed" if e.passed else f"failed: {e.message}" if e.message else "failed"
-            rows.append(f"{e.grade_id:<{width}}  {_points(e.earned, e.possible):>9}  {result}")
+            rows.append(f"{e.label:<{width}}  {_points(e.earned, e.possible):>9}  {result}")
         rows.append(f"{'total':<{width}}  {_points(*self.total):>9}")
         for title, items in (("notes", self.notes), ("cells that raised", self.errors)):
             if items:
@@ -108,7 +121,7 @@ class GradeReport:
             return f"<p><b>grading skipped:</b> {html.escape(self.skipped)}</p>"
         rows = "".join(
             f"<tr style='color:{'#007a3d' if e.passed else '#b00020'}'>"
-            f"<td><code>{html.escape(e.grade_id)}</code></td>"
+            f"<td>{html.escape(e.label)}</td>"
             f"<td>{_points(e.earned, e.possible)}</td>"
             f"<td>{'passed' if e.passed else 'failed: ' + html.escape(e.message)}</td></tr>"
             for e in self.exercises)
@@ -118,9 +131,14 @@ class GradeReport:
                 lines = "".join(f"<li>{html.escape(item)}</li>" for item in items)
                 extra += f"<p><b>{title}:</b></p><ul>{lines}</ul>"
         return (f"<p><b>{html.escape(self.notebook.name)}</b> (assignment "
-                f"{html.escape(self.assignment)})</p><table><tr><th>exercise</th><th>points</th>"
+                f"{html.escape(self.assignment)})</p>{VALIDATE_NOTE_HTML}<table><tr><th>exercise</th><th>points</th>"
                 f"<th>result</th></tr>{rows}<tr><th>total</th><th>{_points(*self.total)}</th>"
                 f"<th></th></tr></table>{extra}")
+
+
+VALIDATE_NOTE = ("Hidden tests included. (The Validate button runs only the visible tests: "
+                 "its \"Success!\" is not this score.)")
+VALIDATE_NOTE_HTML = f"<p><i>{html.escape(VALIDATE_NOTE)}</i></p>"
 
 
 def _points(earned: float, possible: float) -> str:
@@ -128,21 +146,26 @@ def _points(earned: float, possible: float) -> str:
 
 
 # ----------------------------------------------------------------------------- grading
-def grade(notebook, *, assignment: str | None = None, timeout: int | None = None,
-          html_path=None, course_root_dir=None) -> GradeReport:
+def grade_notebook(notebook, *, assignment: str | None = None, timeout: float | None = None,
+                   html_path=None, course_root_dir=None, progress: bool = False) -> GradeReport:
     """Autograde a copy of `notebook` against the hidden tests of its assignment.
 
     Args:
         notebook: path to the learner's .ipynb (left untouched).
         assignment: assignment name; default from the notebook's metadata, name or folder.
-        timeout: seconds each cell may run (default: nbgrader_config.py's Execute.timeout).
+        timeout: seconds each cell may run; default: ten times the solution's own time for
+            that cell (at least MIN_TIMEOUT s, from solutions/<assignment>/cell_times.json),
+            else nbgrader_config.py's Execute.timeout.
         html_path: also write feedback HTML here (hidden tests scrubbed).
         course_root_dir: the course folder with solutions/ (default: where the package is).
+        progress: show a progress bar (tqdm) naming the part of the notebook being run.
     Returns:
         A GradeReport; it prints as a table and renders as HTML in a notebook.
     Raises:
         GradingError: the file is not a notebook, the assignment is unknown, or nbgrader failed.
     """
+    start = time.perf_counter()
+    skip_slow_optional_imports()
     from ._nbgrader import CourseError, course_root
 
     path = Path(notebook).expanduser()
@@ -155,9 +178,52 @@ def grade(notebook, *, assignment: str | None = None, timeout: int | None = None
         root = course_root(course_root_dir)
         name = infer_assignment(path, nb, root, assignment)
         with tempfile.TemporaryDirectory(prefix="scalesim-grade-") as tmp:
-            return _grade_in(Path(tmp), path, nb, root, name, timeout, html_path)
+            report = _grade_in(Path(tmp), path, nb, root, name, timeout, html_path, progress)
     except CourseError as err:
         raise GradingError(str(err)) from None
+    report.seconds = time.perf_counter() - start
+    return report
+
+
+def skip_slow_optional_imports() -> None:
+    """Keep jsonschema from importing rfc3987_syntax, unless something already did.
+
+    jsonschema imports it, when installed, to check "iri" string formats, which no notebook
+    schema uses; it builds a parser at import, which costs seconds (4 s measured here) on
+    every grading run.  Blocking the optional import makes jsonschema skip that format.
+    """
+    if "jsonschema" not in sys.modules:
+        sys.modules.setdefault("rfc3987_syntax", None)
+    if "nbgrader" not in sys.modules:
+        _import_nbgrader_without_server_extensions()
+
+
+_SERVER_EXTENSIONS = ("assignment_list", "course_list", "validate_assignment", "formgrader")
+
+
+def _import_nbgrader_without_server_extensions() -> None:
+    """Import nbgrader without its Jupyter server extensions (they import jupyter_server:
+    seconds, and grading never serves anything).  Their stand-ins leave sys.modules right
+    after, so a later `import nbgrader.server_extensions.formgrader` still gets the real one."""
+    import types
+
+    names = ["nbgrader.server_extensions"] + [f"nbgrader.server_extensions.{n}"
+                                              for n in _SERVER_EXTENSIONS]
+    if any(n in sys.modules for n in names):
+        return
+    for n in names:
+        stub = types.ModuleType(n)
+        stub.__path__ = []
+        stub.load_jupyter_server_extension = lambda app: None
+        sys.modules[n] = stub
+    try:
+        import nbgrader  # noqa: F401
+    except Exception:  # noqa: BLE001 - the real import below will say what is wrong
+        pass
+    finally:
+        for n in names:
+            if getattr(sys.modules.get(n), "__file__", None) is None:
+                sys.modules.pop(n, None)
 
 
 def read_notebook(path: Path):
@@ -194,17 +260,28 @@ def infer_assignment(path: Path, nb, root: Path, assignment: str | None = None) 
                        f"(one of: {', '.join(names) or 'none'})")
 
 
-def _grade_in(tmp: Path, path: Path, nb, root: Path, name: str, timeout, html_path) -> GradeReport:
+def _grade_in(tmp: Path, path: Path, nb, root: Path, name: str, timeout, html_path,
+              progress: bool = False) -> GradeReport:
     """Generate the assignment into a temporary course, autograde the notebook, read the scores."""
     import nbformat
     from nbgrader.converters import Autograde, GenerateAssignment
 
     from ._nbgrader import SOURCE_DIR, run_converter
 
+    clock, steps = time.perf_counter(), {}
+
+    def lap(step):
+        nonlocal clock
+        now = time.perf_counter()
+        steps[step] = now - clock
+        clock = now
+
     shutil.copytree(root / SOURCE_DIR / name, tmp / "source" / name,
                     ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
     config = _temp_config(root, tmp, name, timeout)
+    lap("set-up")
     run_converter(GenerateAssignment, config, "generate_assignment", force=True)
+    lap("generate_assignment")
     released = nbformat.read(str(tmp / "release" / name / f"{name}.ipynb"), as_version=4)
     source = nbformat.read(str(tmp / "source" / name / f"{name}.ipynb"), as_version=4)
     submission, notes = prepare_submission(nb, released, source)
@@ -212,13 +289,178 @@ def _grade_in(tmp: Path, path: Path, nb, root: Path, name: str, timeout, html_pa
     target.parent.mkdir(parents=True)
     nbformat.write(submission, str(target))
     config.CourseDirectory.student_id = STUDENT
-    run_converter(Autograde, config, "autograde", force=True, create_student=True)
+    if timeout is None:
+        _per_cell_timeouts(config, root, name)
+    bar = _progress(config, submission) if progress else None
+    lap("prepare")
+    try:
+        run_converter(Autograde, config, "autograde", force=True, create_student=True)
+    finally:
+        if bar is not None:
+            bar.close()
+    lap("autograde")
     graded = nbformat.read(str(tmp / "autograded" / STUDENT / name / f"{name}.ipynb"), as_version=4)
-    report = GradeReport(path, name, _results(graded, _scores(config, name)), notes,
+    titles = exercise_titles(graded)
+    report = GradeReport(path, name, _results(graded, _scores(config, name), titles), notes,
                          _cell_errors(graded))
+    report.notes += _timeouts_noted(graded, titles)
+    report.cell_seconds = cell_seconds(graded)
     if html_path is not None:
         _write_feedback(config, tmp, name, Path(html_path))
+    lap("report")
+    report.steps = steps
     return report
+
+
+MIN_TIMEOUT = 10.0      # seconds: the least a cell gets when learners grade themselves
+TIMEOUT_FACTOR = 10.0   # times the solution's own time for the cell
+CELL_TIMES = "cell_times.json"
+
+
+def cell_key(cell, index: int) -> str:
+    """How cell_times.json names a cell: its grade_id, else its id, else its position."""
+    from ._nbgrader import nbgrader_meta
+
+    return nbgrader_meta(cell).get("grade_id") or cell.get("id") or f"#{index}"
+
+
+def cell_seconds(nb) -> dict[str, float]:
+    """cell_key -> seconds each code cell of an executed notebook ran (nbclient's timing)."""
+    from datetime import datetime
+
+    out = {}
+    for index, cell in enumerate(nb.cells):
+        timing = cell.get("metadata", {}).get("execution", {})
+        start, end = timing.get("iopub.execute_input"), timing.get("shell.execute_reply")
+        if cell.cell_type != "code" or not start or not end:
+            continue
+        try:
+            seconds = (datetime.fromisoformat(end.replace("Z", "+00:00"))
+                       - datetime.fromisoformat(start.replace("Z", "+00:00"))).total_seconds()
+        except ValueError:
+            continue
+        out[cell_key(cell, index)] = round(max(seconds, 0.0), 3)
+    return out
+
+
+def cell_timeouts(root: Path, name: str) -> tuple[dict[str, float], float] | None:
+    """(seconds per cell key, seconds for any other cell) from the solution's measured times.
+
+    Each cell gets TIMEOUT_FACTOR times what the solution took for it, at least MIN_TIMEOUT;
+    a cell the solution does not have gets TIMEOUT_FACTOR times the slowest.  None when the
+    assignment has no cell_times.json (run `scalesim-course release --time`).
+    """
+    from ._nbgrader import SOURCE_DIR
+
+    path = root / SOURCE_DIR / name / CELL_TIMES
+    if not path.is_file():
+        return None
+    try:
+        seconds = {str(k): float(v) for k, v in json.loads(path.read_text())["cells"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    per_cell = {k: max(MIN_TIMEOUT, TIMEOUT_FACTOR * v) for k, v in seconds.items()}
+    other = max([MIN_TIMEOUT] + [TIMEOUT_FACTOR * v for v in seconds.values()])
+    return per_cell, other
+
+
+def _per_cell_timeouts(config, root: Path, name: str) -> None:
+    """Point nbclient's timeout_func at the solution's measured cell times, if there are any."""
+    limits = cell_timeouts(root, name)
+    if limits is None:
+        return
+    per_cell, other = limits
+
+    def timeout_func(cell):
+        from ._nbgrader import nbgrader_meta
+
+        key = nbgrader_meta(cell).get("grade_id") or cell.get("id")
+        return int(max(1, round(per_cell.get(key, other))))
+
+    config.Execute.timeout_func = timeout_func
+
+
+def _progress(config, submission):
+    """A tqdm bar over the submission's code cells, described by the part being run."""
+    from tqdm.auto import tqdm
+
+    titles, where, heading = {}, {}, ""
+    ex_titles = exercise_titles(submission)
+    for cell in submission.cells:
+        if cell.cell_type == "markdown":
+            found = _HEADING.search(cell.source)
+            if found:
+                heading = found.group(2).strip()
+        elif cell.cell_type == "code":
+            where[cell.get("id")] = heading
+    for key, title in ex_titles.items():
+        titles[key] = title
+    n_code = sum(c.cell_type == "code" for c in submission.cells)
+    bar = tqdm(total=n_code, desc="grading", unit="cell", leave=False, file=sys.stderr)
+
+    def on_cell_start(cell, cell_index, **_):
+        from ._nbgrader import nbgrader_meta
+
+        if cell.get("cell_type") != "code":
+            return
+        gid = nbgrader_meta(cell).get("grade_id")
+        label = titles.get(gid) or where.get(cell.get("id")) or ""
+        bar.set_description(f"grading: {label[:48]}" if label else "grading", refresh=False)
+        bar.update(1)
+
+    config.Execute.on_cell_start = on_cell_start
+    return bar
+
+
+_HEADING = re.compile(r"^(#{1,4})\s+(.+?)\s*$", re.M)
+_EXERCISE = re.compile(r"^##\s+(Exercise\s+\d+[^(\n]*?)\s*(?:\(\s*\d+\s*points?\s*\))?\s*$", re.M)
+
+
+def exercise_titles(nb) -> dict[str, str]:
+    """grade_id -> "Exercise N · Title" for the solution and test cells under each exercise."""
+    from ._nbgrader import nbgrader_meta
+
+    titles, current = {}, ""
+    for cell in nb.cells:
+        if cell.cell_type == "markdown":
+            found = _EXERCISE.search(cell.source)
+            if found:
+                current = found.group(1).strip()
+            elif _HEADING.search(cell.source) and \
+                    _HEADING.search(cell.source).group(1) in ("#", "##"):
+                current = ""
+        gid = nbgrader_meta(cell).get("grade_id")
+        if gid and current and gid != "setup":
+            titles[gid] = current
+    return titles
+
+
+def _section_of(nb, index: int) -> str:
+    """The heading of the section holding cell `index` (the nearest heading above it)."""
+    for cell in reversed(nb.cells[:index]):
+        if cell.cell_type == "markdown":
+            found = _HEADING.search(cell.source)
+            if found:
+                return found.group(2).strip()
+    return "the top of the notebook"
+
+
+def _timeouts_noted(graded, titles) -> list[str]:
+    """A note for each exercise whose tests were stopped at the time limit."""
+    from ._nbgrader import nbgrader_meta
+
+    notes = []
+    for cell in graded.cells:
+        gid = nbgrader_meta(cell).get("grade_id")
+        stopped = any(o.get("output_type") == "error"
+                      and o.get("ename") in ("CellTimeoutError", "KeyboardInterrupt")
+                      for o in cell.get("outputs", []))
+        if stopped and gid:   # other cells are listed under "cells that raised"
+            note = (f"{titles.get(gid, gid)}: stopped at the time limit (an endless loop, or far "
+                    "slower than needed?)")
+            if note not in notes:
+                notes.append(note)
+    return notes
 
 
 def _temp_config(root: Path, tmp: Path, name: str, timeout):
@@ -237,7 +479,7 @@ def _temp_config(root: Path, tmp: Path, name: str, timeout):
     course.assignment_id = name
     course.db_url = fresh_gradebook(tmp / "gradebook.db")
     if timeout is not None:
-        config.Execute.timeout = int(timeout)
+        config.Execute.timeout = max(1, int(-(-float(timeout) // 1)))
     config.Execute.extra_arguments = ["--IPKernelApp.log_level=ERROR"]
     config.GenerateFeedback.preprocessors = [GetGrades, ScrubHiddenTests, CSSHTMLHeaderPreprocessor]
     return config
@@ -303,7 +545,7 @@ def _scores(config, name: str) -> dict[str, tuple[float, float]]:
             return {g.name: (float(g.score or 0.0), float(g.max_score)) for g in sub.grades}
 
 
-def _results(graded, scores) -> list[ExerciseResult]:
+def _results(graded, scores, titles=None) -> list[ExerciseResult]:
     """One ExerciseResult per test cell, in notebook order."""
     from ._nbgrader import is_test_cell, nbgrader_meta
 
@@ -313,8 +555,10 @@ def _results(graded, scores) -> list[ExerciseResult]:
         if is_test_cell(cell) and grade_id in scores:
             earned, possible = scores.pop(grade_id)
             message = "" if earned >= possible else _failure(cell)
-            results.append(ExerciseResult(grade_id, earned, possible, message))
-    results += [ExerciseResult(g, e, p, "graded by hand") for g, (e, p) in scores.items()]
+            results.append(ExerciseResult(grade_id, earned, possible, message,
+                                          (titles or {}).get(grade_id, "")))
+    results += [ExerciseResult(g, e, p, "graded by hand", (titles or {}).get(g, ""))
+                for g, (e, p) in scores.items()]
     return results
 
 
@@ -336,16 +580,26 @@ def _cell_errors(graded) -> list[str]:
     from ._nbgrader import describe_error, is_test_cell, nbgrader_meta
 
     errors = []
-    for number, cell in enumerate(graded.cells, start=1):
+    titles = exercise_titles(graded)
+    for index, cell in enumerate(graded.cells):
         if cell.cell_type != "code" or is_test_cell(cell):
             continue
         for output in cell.get("outputs", []):
             if output.get("output_type") == "error":
-                label = nbgrader_meta(cell).get("grade_id") or "no id"
-                detail = f"{output.get('ename')}: {output.get('evalue', '')}"
-                if output.get("ename") in ("CellTimeoutError", "KeyboardInterrupt"):
+                gid = nbgrader_meta(cell).get("grade_id")
+                if gid in titles:
+                    label = f"your answer to {titles[gid]}"
+                elif gid == "setup":
+                    label = "the setup cell"
+                elif gid and nbgrader_meta(cell).get("solution"):
+                    label = f"your answer {gid}"
+                else:
+                    label = f"a cell under \"{_section_of(graded, index)}\""
+                ename, evalue = output.get("ename") or "Error", output.get("evalue") or ""
+                detail = f"{ename}: {evalue}" if evalue.strip() else ename
+                if ename in ("CellTimeoutError", "KeyboardInterrupt"):
                     detail = describe_error(output, [])
-                errors.append(f"cell {number} ({label}): {detail[:160]}")
+                errors.append(f"{label}: {detail[:160]}")
                 break
     return errors
 
@@ -361,179 +615,6 @@ def _write_feedback(config, tmp: Path, name: str, out: Path) -> None:
     shutil.copyfile(tmp / "feedback" / STUDENT / name / f"{name}.html", out)
 
 
-# ----------------------------------------------------------------------------- test helpers
-@contextlib.contextmanager
-def silenced():
-    """Show warnings and stderr on stdout, where nbgrader does not count them as failures.
-
-    nbgrader scores a test cell 0 when anything reaches stderr, even a harmless warning.
-    Warnings print as one line, without the source line that raised them.
-    """
-    def show(message, category, filename, lineno, file=None, line=None):
-        print(f"{category.__name__}: {message}", file=sys.stdout)
-
-    with warnings.catch_warnings(), contextlib.redirect_stderr(sys.stdout):
-        warnings.showwarning = show
-        yield
-
-
-def assert_raises(expected, fn, *args, **kwargs):
-    """Fail unless fn(*args, **kwargs) raises `expected`; return the exception it raised."""
-    shown = ", ".join([repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()])
-    call = f"{getattr(fn, '__name__', 'the function')}({shown})"
-    try:
-        result = fn(*args, **kwargs)
-    except expected as err:
-        return err
-    except Exception as err:  # noqa: BLE001 - the wrong exception is the message
-        raise AssertionError(f"{call} should raise {expected.__name__}, "
-                             f"not {type(err).__name__}: {err}") from None
-    raise AssertionError(f"{call} should raise {expected.__name__}, but returned {result!r}")
-
-
-def assert_own_work(learner_fn, reference_fn, *, example: tuple | None = None) -> None:
-    """Fail with OwnWorkError when `learner_fn` is, wraps or calls the package's `reference_fn`.
-
-    Looks at the function and every helper of the learner's it calls: identity, wrappers
-    (``__wrapped__``, ``functools.partial``, bound methods), names it loads and the package's
-    modules it reaches into.  With `example`, also runs ``learner_fn(*example)`` once and fails if
-    the reference's code runs.  Any own implementation, however written, passes.
-
-    Args:
-        learner_fn: the learner's function.
-        reference_fn: the package's function, or a tuple of them.
-        example: positional arguments for one traced call (optional).
-    """
-    refs = tuple(reference_fn) if isinstance(reference_fn, (tuple, list)) else (reference_fn,)
-    check_callable("learner_fn", learner_fn)
-    for ref in refs:
-        check_callable("reference_fn", ref)
-    label = getattr(learner_fn, "__name__", "this function")
-    for ref in refs:
-        reason = _borrows(learner_fn, ref, set())
-        if reason is None and example is not None and _runs(learner_fn, example, ref):
-            reason = "runs it when called"
-        if reason:
-            raise OwnWorkError(f"{label} uses the package's {ref.__module__}.{ref.__name__} "
-                               f"({reason}): write your own implementation")
-
-
-def _wrapped(obj, depth: int = 0):
-    """obj and what it wraps: partials, bound methods, __wrapped__, callable instances."""
-    yield obj
-    if depth > 20:
-        return
-    inner = (obj.func if isinstance(obj, functools.partial)
-             else getattr(obj, "__func__", None) or getattr(obj, "__wrapped__", None))
-    plain = (type, types.FunctionType, types.BuiltinFunctionType)
-    if inner is None and callable(obj) and not isinstance(obj, plain):
-        inner = type(obj).__call__  # a callable instance: look at its method
-    if inner is not None and inner is not obj:
-        yield from _wrapped(inner, depth + 1)
-
-
-_LOAD_NAME_OPS = {"LOAD_GLOBAL", "LOAD_NAME", "LOAD_DEREF", "LOAD_CLASSDEREF",
-                  "LOAD_FROM_DICT_OR_GLOBALS", "LOAD_FROM_DICT_OR_DEREF"}
-_LOAD_ATTR_OPS = {"LOAD_ATTR", "LOAD_METHOD", "LOAD_SUPER_ATTR", "IMPORT_FROM"}
-
-
-def _code_names(code) -> tuple[set, set, set, set]:
-    """(loaded names, attribute names, imported modules, string constants), nested code too."""
-    loads, attrs, imports, strings = set(), set(), set(), set()
-    for instr in dis.get_instructions(code):
-        if not isinstance(instr.argval, str):
-            continue
-        if instr.opname in _LOAD_NAME_OPS:
-            loads.add(instr.argval)
-        elif instr.opname in _LOAD_ATTR_OPS:
-            attrs.add(instr.argval)
-        elif instr.opname == "IMPORT_NAME":
-            imports.add(instr.argval)
-    for const in code.co_consts:
-        if isinstance(const, types.CodeType):
-            for mine, theirs in zip((loads, attrs, imports, strings), _code_names(const)):
-                mine |= theirs
-        elif isinstance(const, str):
-            strings.add(const)
-    return loads, attrs, imports, strings
-
-
-def _borrows(fn, ref, seen: set) -> str | None:
-    """Why `fn` hands its work to `ref`, or None if it doesn't."""
-    package = (getattr(ref, "__module__", None) or "").split(".")[0]
-    for obj in _wrapped(fn):
-        if obj is ref:
-            return "it is that function" if obj is fn else "it wraps it"
-        code = getattr(obj, "__code__", None)
-        if code is None or id(obj) in seen:
-            continue
-        seen.add(id(obj))
-        if code is getattr(ref, "__code__", None):
-            return "it is a copy of it"
-        loads, attrs, imports, strings = _code_names(code)
-        strings.discard(obj.__doc__)
-        scope = getattr(obj, "__globals__", {})
-        cells = [c.cell_contents for c in obj.__closure__ or () if _filled(c)]
-        values = [scope[n] for n in loads if n in scope] + cells
-        if any(v is ref for value in values for v in _wrapped(value)):
-            return "it calls it"
-        reaches = (any(_in_package(v, package) for v in values)
-                   or any(m.split(".")[0] == package for m in imports)
-                   or any(package in s for s in strings))
-        if reaches and (ref.__name__ in attrs or ref.__name__ in strings):
-            return "it calls it"
-        for value in values:  # helpers the learner wrote next to it
-            if isinstance(value, types.FunctionType) and value.__module__ == obj.__module__ \
-                    and not _in_package(value, package):
-                reason = _borrows(value, ref, seen)
-                if reason:
-                    return f"through {value.__name__}"
-    return None
-
-
-def _filled(cell) -> bool:
-    try:
-        cell.cell_contents  # noqa: B018 - raises for an empty cell
-    except ValueError:
-        return False
-    return True
-
-
-def _in_package(value, package: str) -> bool:
-    """A module, or a function, of `package`."""
-    if isinstance(value, types.ModuleType):
-        name = value.__name__
-    else:
-        name = getattr(value, "__module__", "")
-    return bool(package) and isinstance(name, str) and name.split(".")[0] == package
-
-
-def _runs(fn, example: tuple, ref) -> bool:
-    """Whether calling fn(*example) runs ref's code (exceptions from fn are ignored)."""
-    code = getattr(ref, "__code__", None)
-    if code is None:
-        return False
-    hits = []
-
-    def profile(frame, event, arg):
-        if event == "call" and frame.f_code is code:
-            hits.append(True)
-
-    sink = io.StringIO()
-    previous = sys.getprofile()
-    sys.setprofile(profile)
-    try:
-        with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink), \
-                warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            fn(*example)
-    except Exception:  # noqa: BLE001 - correctness is the other tests' business
-        pass
-    finally:
-        sys.setprofile(previous)
-    return bool(hits)
-
-
 # ----------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `scalesim-course grade`."""
@@ -541,8 +622,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true",
                         help='print {"exercises": {id: [earned, possible]}, "total": [...]}')
     parser.add_argument("--html", metavar="OUT", help="also write feedback HTML to OUT")
-    parser.add_argument("--timeout", type=int, metavar="SECONDS",
-                        help="seconds each cell may run (default: the course's, 120)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="seconds each cell may run (default: ten times the solution's "
+                             "own time for that cell, at least 10 s)")
     parser.add_argument("--assignment", help="the assignment, if the file name doesn't say")
     parser.add_argument("--course-root", help="the course folder with solutions/")
 
@@ -550,10 +632,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args) -> int:
     """Grade and print the report; 0 whenever grading ran, 2 when it could not."""
     try:
-        report = grade(args.notebook, assignment=args.assignment, timeout=args.timeout,
-                       html_path=args.html, course_root_dir=args.course_root)
+        report = grade_notebook(args.notebook, assignment=args.assignment,
+                                timeout=args.timeout, html_path=args.html,
+                                course_root_dir=args.course_root,
+                                progress=not args.json and sys.stderr.isatty())
     except GradingError as err:
         print(f"scalesim-course grade: {err}", file=sys.stderr)
         return 2
-    print(json.dumps(report.to_json()) if args.json else report.table())
+    if args.json:
+        print(json.dumps(report.to_json()))
+    else:
+        print(report.table())
+        print(f"graded in {report.seconds:.1f} s")
     return 0

@@ -39,7 +39,7 @@ def latency_summary(latencies) -> dict:
     return {"mean": float(x.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99)}
 
 
-def _meets_slo(ttft, tpot, ttft_slo: float, tpot_slo: float) -> np.ndarray:
+def _meets_slo(ttft, tpot, ttft_slo: float, tpot_slo: float, finished=None) -> np.ndarray:
     check_positive("ttft_slo", ttft_slo)
     check_positive("tpot_slo", tpot_slo)
     ttft = np.asarray(ttft, dtype=float)
@@ -47,22 +47,39 @@ def _meets_slo(ttft, tpot, ttft_slo: float, tpot_slo: float) -> np.ndarray:
     if ttft.shape != tpot.shape:
         raise ValueError(f"ttft and tpot must have the same length, got {ttft.shape} and "
                          f"{tpot.shape}")
-    # nan TTFT: never answered, fails. nan TPOT: a one-token answer has no inter-token time.
-    return (ttft <= ttft_slo) & ((tpot <= tpot_slo) | np.isnan(tpot)) & ~np.isnan(ttft)
+    # nan TTFT: never answered, fails. nan TPOT: a one-token answer has no inter-token time,
+    # but only a finished request can be a one-token answer: one still running has no TPOT yet.
+    done = np.ones(ttft.shape, bool) if finished is None else np.asarray(finished, dtype=bool)
+    if done.shape != ttft.shape:
+        raise ValueError(f"finished must have one entry per request, got {done.shape} for "
+                         f"{ttft.shape}")
+    return (ttft <= ttft_slo) & ((tpot <= tpot_slo) | (np.isnan(tpot) & done)) & ~np.isnan(ttft)
 
 
-def slo_attainment(ttft, tpot, *, ttft_slo: float, tpot_slo: float) -> float:
-    """Fraction of requests whose TTFT and TPOT are both within their limits (<= counts as met)."""
-    ok = _meets_slo(ttft, tpot, ttft_slo, tpot_slo)
+def slo_attainment(ttft, tpot, *, ttft_slo: float, tpot_slo: float, finished=None) -> float:
+    """Fraction of requests whose TTFT and TPOT are both within their limits (<= counts as met).
+
+    A nan TTFT misses; a nan TPOT meets the limit if the request finished (a one-token answer).
+
+    Args:
+        finished: optional mask of finished requests: a request still running when the run
+            stopped has a nan TPOT too, and it has not met its SLO.
+    """
+    ok = _meets_slo(ttft, tpot, ttft_slo, tpot_slo, finished)
     if ok.size == 0:
         raise ValueError("no requests: SLO attainment of nothing is undefined")
     return float(ok.mean())
 
 
-def goodput(ttft, tpot, *, ttft_slo: float, tpot_slo: float, duration: float) -> float:
-    """Requests per second that met every SLO, over `duration` seconds (DistServe's goodput)."""
+def goodput(ttft, tpot, *, ttft_slo: float, tpot_slo: float, duration: float,
+            finished=None) -> float:
+    """Requests per second that met every SLO, over `duration` seconds (DistServe's goodput).
+
+    For a simulator run use `run_goodput`, which takes the duration from `window` (the same
+    one `throughput` divides by) and leaves out requests unfinished at the stop.
+    """
     check_positive("duration", duration)
-    return float(_meets_slo(ttft, tpot, ttft_slo, tpot_slo).sum() / duration)
+    return float(_meets_slo(ttft, tpot, ttft_slo, tpot_slo, finished).sum() / duration)
 
 
 def histogram_quantile(q: float, upper_bounds: Sequence[float], cumulative_counts) -> float:
@@ -71,7 +88,9 @@ def histogram_quantile(q: float, upper_bounds: Sequence[float], cumulative_count
     Follows ``histogram_quantile`` (prometheus/promql/quantile.go): find the bucket whose
     cumulative count first reaches rank q * total and interpolate linearly inside it, assuming
     the lowest bucket starts at 0. If the rank falls in the +Inf bucket, the answer is the upper
-    bound of the second-highest bucket. Where Prometheus returns NaN or +-Inf, this raises.
+    bound of the second-highest bucket. Where Prometheus returns NaN or +-Inf for bad input,
+    this raises. q = 0 with an empty first bucket (Prometheus: 0 / 0, NaN) returns 0.0, the
+    first bucket's lower end.
 
     Args:
         q: quantile in [0, 1] (0.99 for p99).
@@ -123,28 +142,63 @@ def span(result) -> float:
     return float(done.max() - result.arrival.min())
 
 
+def window(result) -> tuple[float, float]:
+    """The measurement window (t0, t1) of a run, shared by `throughput` and `run_goodput`.
+
+    From the first arrival to the last completion; if requests were still unfinished when the
+    run stopped (``simulate(..., until=T)``), to the stop time instead, so that the requests
+    the server could not finish count against its rate.
+    """
+    done = result.finish[result.completed]
+    if done.size == 0:
+        raise ValueError("no request finished in this run")
+    t0, t1 = float(result.arrival.min()), float(done.max())
+    if not result.completed.all():
+        stop = getattr(result, "stopped_at", None)
+        stop = result.end_time if stop is None or not np.isfinite(stop) else stop
+        t1 = max(t1, float(stop))
+    if not t1 > t0:
+        raise ValueError(f"the run's measurement window is empty: {t0} to {t1}")
+    return t0, t1
+
+
 def throughput(result) -> dict:
-    """Completed requests/s and generated tokens/s over the run's span."""
-    t = span(result)
+    """Completed requests/s and generated tokens/s over the run's measurement `window`."""
+    t0, t1 = window(result)
     ok = result.completed
-    return {"requests_per_s": float(ok.sum() / t),
-            "tokens_per_s": float(result.workload.output_tokens[ok].sum() / t)}
+    return {"requests_per_s": float(ok.sum() / (t1 - t0)),
+            "tokens_per_s": float(result.workload.output_tokens[ok].sum() / (t1 - t0))}
+
+
+def run_goodput(result, *, ttft_slo: float, tpot_slo: float) -> float:
+    """Requests/s of a run that finished and met both SLOs, over the same `window` as
+    `throughput`, so goodput never exceeds throughput."""
+    t0, t1 = window(result)
+    return goodput(result.ttft, result.tpot, ttft_slo=ttft_slo, tpot_slo=tpot_slo,
+                   duration=t1 - t0, finished=result.completed)
 
 
 def summarize(result, *, ttft_slo: float | None = None, tpot_slo: float | None = None) -> dict:
-    """The headline numbers of a run as one flat dict (latencies in seconds)."""
-    out = {"requests": len(result.finish), "completed": int(result.completed.sum())}
+    """The headline numbers of a run as one flat dict (latencies in seconds).
+
+    Latency, TTFT and TPOT statistics cover finished requests only: "unfinished" says how many
+    were left out of them (and "one_token" how many had no TPOT).
+    """
+    completed = int(result.completed.sum())
+    out = {"requests": len(result.finish), "completed": completed,
+           "unfinished": len(result.finish) - completed}
     out.update(throughput(result))
     out.update({f"latency_{k}": v for k, v in latency_summary(result.latency).items()})
-    out.update({f"ttft_{k}": v for k, v in latency_summary(result.ttft).items()})
-    if (result.workload.output_tokens > 1).any():
-        out.update({f"tpot_{k}": v for k, v in latency_summary(result.tpot).items()})
+    done = result.completed
+    out.update({f"ttft_{k}": v for k, v in latency_summary(result.ttft[done]).items()})
+    out["one_token"] = int((result.workload.output_tokens[done] <= 1).sum())
+    if (result.workload.output_tokens[done] > 1).any():
+        out.update({f"tpot_{k}": v for k, v in latency_summary(result.tpot[done]).items()})
     out["utilization"] = result.utilization
     if ttft_slo is not None and tpot_slo is not None:
         out["slo_attainment"] = slo_attainment(result.ttft, result.tpot, ttft_slo=ttft_slo,
-                                               tpot_slo=tpot_slo)
-        out["goodput_rps"] = goodput(result.ttft, result.tpot, ttft_slo=ttft_slo,
-                                     tpot_slo=tpot_slo, duration=span(result))
+                                               tpot_slo=tpot_slo, finished=done)
+        out["goodput_rps"] = run_goodput(result, ttft_slo=ttft_slo, tpot_slo=tpot_slo)
     return out
 
 

@@ -42,9 +42,20 @@ def latency_histogram(latencies, ax=None, bins: int = 60, title: str = "Latency 
     lines = [("mean", x.mean(), PALETTE[3], "-")]
     lines += [(f"p{q:g}", np.percentile(x, q), PALETTE[i + 1], "--") for i, q in enumerate(marks)]
     for label, value, colour, style in lines:
-        ax.axvline(value, color=colour, ls=style, lw=2, label=f"{label} = {value:.3g} {unit}")
+        ax.axvline(value, color=colour, ls=style, lw=2, label=f"{label} = {readable(value, unit)}")
     ax.legend()
     return ax
+
+
+def readable(value: float, unit: str = "s") -> str:
+    """A duration as people read it: "1.72 s" rather than "1.72e+03 ms", "12.5 ms", "0.8 ms"."""
+    scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6}.get(unit)
+    if scale is None or not np.isfinite(value):
+        return f"{value:.3g} {unit}"
+    seconds = value * scale
+    if abs(seconds) >= 1.0:
+        return f"{seconds:,.3g} s" if abs(seconds) < 1000 else f"{seconds:,.0f} s"
+    return f"{seconds * 1e3:.3g} ms"
 
 
 def latency_vs_load(loads, series: dict, theory: dict | None = None, ax=None,
@@ -54,13 +65,24 @@ def latency_vs_load(loads, series: dict, theory: dict | None = None, ax=None,
 
     Args:
         loads: x values (e.g. utilisations).
-        series: label -> measured values at each load (drawn as markers and lines).
+        series: label -> measured values at each load (drawn as markers and lines); a 2-D
+            array (replications x loads) draws the median as markers and the range of the
+            replications as a shaded band.
         theory: label -> theoretical values at each load (dashed); labels match `series`.
+        log: logarithmic y axis (False: linear, where "explodes" is seen as it is).
     """
     ax = _axes(ax, title, xlabel, ylabel)
     for i, (label, values) in enumerate(series.items()):
         colour = PALETTE[i % len(PALETTE)]
-        ax.plot(loads, values, "o-", color=colour, label=f"{label} (simulated)")
+        values = np.asarray(values, dtype=float)
+        if values.ndim == 2:
+            ax.fill_between(loads, values.min(axis=0), values.max(axis=0), color=colour,
+                            alpha=0.25, lw=0,
+                            label=f"{label}: range of {values.shape[0]} simulated runs")
+            ax.plot(loads, np.median(values, axis=0), "o", color=colour, ms=5,
+                    label=f"{label}: median of the runs")
+        else:
+            ax.plot(loads, values, "o-", color=colour, label=f"{label} (simulated)")
         if theory and label in theory:
             ax.plot(loads, theory[label], "--", color=colour, alpha=0.8, label=f"{label} (theory)")
     if log:
@@ -152,12 +174,16 @@ def _panels(axes, n: int, figsize=(11, 4), sharey: bool = False):
 
 def batch_cost_curves(batch_sizes, seconds_per_batch: dict, axes=None,
                       item: str = "item", title: str | None = None):
-    """Why batching pays: time of one batch, and items per second, against batch size.
+    """Why batching pays: time of one batch, and work per second relative to a batch of one.
+
+    The right panel divides each curve's items per second by its own value at the smallest
+    batch, so curves that count different things (requests, tokens) share one unitless axis.
 
     Args:
         batch_sizes: the batch sizes (x, log scale base 2).
-        seconds_per_batch: label -> seconds one batch of each size takes.
-        item: what one batch element yields ("request", "token"), for the y label.
+        seconds_per_batch: label -> seconds one batch of each size takes; nan where a size is
+            impossible (e.g. does not fit in memory): not drawn.
+        item: unused, kept for old calls.
     Returns:
         the two axes.
     """
@@ -167,13 +193,15 @@ def batch_cost_curves(batch_sizes, seconds_per_batch: dict, axes=None,
         secs = np.asarray(secs, dtype=float)
         colour = PALETTE[i % len(PALETTE)]
         left.plot(b, secs * 1e3, "o-", color=colour, ms=4, label=label)
-        right.plot(b, b / secs, "o-", color=colour, ms=4, label=label)
+        rate = b / secs
+        right.plot(b, rate / rate[0], "o-", color=colour, ms=4, label=label)
     left.set(xscale="log", yscale="log", xlabel="batch size", ylabel="time per batch (ms)",
              title="Time for one batch")
-    right.set(xscale="log", yscale="log", xlabel="batch size", ylabel=f"{item}s per second",
-              title="Work done per second")
+    right.set(xscale="log", yscale="log", xlabel="batch size",
+              ylabel="work per second, × a batch of 1", title="Work done per second")
     for ax in (left, right):
         ax.xaxis.set_major_formatter("{x:g}")
+    right.yaxis.set_major_formatter("{x:g}×")
     handles, labels = left.get_legend_handles_labels()
     left.figure.legend(handles, labels, loc="outside lower center", ncol=1, fontsize=9)
     if title:

@@ -161,12 +161,41 @@ def check_release(root=None) -> list[str]:
     return problems
 
 
+def measure_cell_times(name: str, root=None) -> Path:
+    """Grade the solution of `name` once and store how long each cell ran, for self-grading.
+
+    Writes solutions/<name>/cell_times.json ({"cells": {cell key: seconds}}), which the release
+    copies next to the learner's notebook; `scalesim-course grade` gives each cell ten times its
+    solution's time (at least 10 s), so an endless loop costs seconds, not minutes.
+    """
+    import json
+
+    from .grading import CELL_TIMES, GradingError, grade_notebook
+
+    root = course_root(root)
+    try:
+        report = grade_notebook(source_notebook(name, root), course_root_dir=root, timeout=600)
+    except GradingError as err:
+        raise CourseError(str(err)) from None
+    if report.errors or not all(e.passed for e in report.exercises):
+        raise CourseError(f"the solution of {name} does not run clean, so its times mean nothing: "
+                          f"{report.errors or [e.label for e in report.exercises if not e.passed]}")
+    path = root / SOURCE_DIR / name / CELL_TIMES
+    path.write_text(json.dumps({"cells": report.cell_seconds,
+                                "note": "seconds each cell of the solution ran; written by "
+                                        "`scalesim-course release --time`"}, indent=1) + "\n")
+    return path
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `scalesim-course release`."""
     parser.add_argument("assignments", nargs="*", metavar="ASSIGNMENT",
                         help="assignments to release (default: all in solutions/)")
     parser.add_argument("--check", action="store_true",
                         help="change nothing; exit 1 if notebooks/ is stale or leaks solutions")
+    parser.add_argument("--time", action="store_true",
+                        help="first run each solution once and store its cell times "
+                             "(cell_times.json: self-grading's per-cell time limits)")
     parser.add_argument("--course-root", default=None, help=argparse.SUPPRESS)
 
 
@@ -182,6 +211,9 @@ def run(args) -> int:
                 count = len(assignments(root))
                 print(f"{RELEASE_DIR}/ matches {SOURCE_DIR}/ ({count} assignments)")
             return 1 if problems else 0
+        if getattr(args, "time", False):
+            for name in args.assignments or assignments(root):
+                print(f"timed {measure_cell_times(name, root).relative_to(root)}")
         for folder in release_all(root, args.assignments or None):
             print(f"released {folder.relative_to(root)}/")
         return 0

@@ -10,7 +10,8 @@ def explorer(controls: dict, render: Callable, title: str | None = None):
     """Sliders (or other widgets) on the left, whatever `render(**values)` draws on the right.
 
     The simulation reruns when a slider is released (``continuous_update=False``), so the
-    page stays responsive. `render` draws with matplotlib and/or returns text to show.
+    page stays responsive. Every label gets the same width, so the slider tracks line up and
+    are long enough to set a value precisely.
 
     Args:
         controls: name -> ipywidget; names are passed to `render` as keyword arguments.
@@ -20,14 +21,16 @@ def explorer(controls: dict, render: Callable, title: str | None = None):
     """
     import ipywidgets as w
 
+    label = max([len(getattr(c, "description", "")) for c in controls.values()] + [8])
     for c in controls.values():
         if hasattr(c, "continuous_update"):
             c.continuous_update = False
-        c.style = {"description_width": "initial"}
+        c.style = {"description_width": f"{0.6 * label + 1:.0f}em"}
+        c.layout = w.Layout(width=f"{0.6 * label + 19:.0f}em")
     out = w.interactive_output(render, controls)
     panel = [w.HTML(f"<b>{title}</b>")] if title else []
     return w.HBox([w.VBox(panel + list(controls.values()),
-                          layout=w.Layout(min_width="300px")), out])
+                          layout=w.Layout(min_width=f"{0.6 * label + 20:.0f}em")), out])
 
 
 def queue_explorer(n: int = 20_000, seed: int = 0):
@@ -96,20 +99,21 @@ def batching_explorer(n: int = 4000, seed: int = 0, model: str = "qwen2-0.5b", g
                                 title=f"max batch {max_batch}, max delay {max_delay_ms:g} ms, "
                                       f"{rate:g} requests/s")
         plt.show()
-        print(f"p50 {summary['p50']:.1f} ms   p99 {summary['p99']:.1f} ms   "
-              f"throughput {served:.0f} requests/s   "
-              f"mean batch {batching.batch_sizes(res).mean():.1f}   "
-              f"GPU busy {res.utilization:.0%}   "
+        print(f"p50 {plots.readable(summary['p50'], 'ms')}, p99 {plots.readable(summary['p99'], 'ms')}, "
+              f"throughput {served:.0f} requests/s")
+        print(f"mean batch {batching.batch_sizes(res).mean():.1f}, GPU busy {res.utilization:.0%}, "
               f"{len(wl) / res.busy_time.sum():.0f} requests per GPU-busy second")
         if served < 0.97 * rate:
-            print("Overloaded: requests arrive faster than they are served, the queue keeps "
-                  "growing and these latencies grow with the length of the run.")
+            print("Overloaded: requests arrive faster than they are served, the queue keeps")
+            print("growing and these latencies grow with the length of the run.")
 
     controls = {
-        "max_batch": w.IntSlider(value=16, min=1, max=64, step=1, description="max batch size"),
+        # defaults where every slider matters: at 300 requests/s the GPU is busy enough that
+        # batches fill, so the size limit changes the padding and the delay the waiting
+        "max_batch": w.IntSlider(value=8, min=1, max=64, step=1, description="max batch size"),
         "max_delay_ms": w.FloatSlider(value=5.0, min=0.0, max=50.0, step=1.0,
                                       description="max delay (ms)"),
-        "rate": w.FloatSlider(value=150.0, min=10.0, max=500.0, step=10.0,
+        "rate": w.FloatSlider(value=300.0, min=10.0, max=600.0, step=10.0,
                               description="arrival rate (requests/s)"),
     }
     return explorer(controls, render, title=f"Dynamic batching, {model} on {gpu}")

@@ -1,5 +1,6 @@
-"""Batching policies, the exercise references and their adapters (scalesim_course.batching),
-plus the graded test cells of notebook 02 run against other correct and wrong solutions."""
+"""Batching policies, the exercise references and their adapters (scalesim_course.batching).
+
+Notebook 02's graded cells against right and wrong answers: tests/notebooks/test_02_batching.py."""
 import math
 
 import matplotlib
@@ -7,16 +8,12 @@ import matplotlib
 matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
-import nbformat  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-from conftest import REPO  # noqa: E402
 
 from scalesim_course import batching, costmodel, plots, sim  # noqa: E402
 from scalesim_course.batching import Seq  # noqa: E402
 from scalesim_course.workload import Workload  # noqa: E402
-
-NOTEBOOK = REPO / "solutions" / "02_batching" / "02_batching.ipynb"
 
 
 class ConstantStep:
@@ -400,209 +397,3 @@ def test_batching_explorer_reruns_quickly():
     sliders[1].value = 20.0
     assert time.perf_counter() - start < 1.0
     plt.close("all")
-
-
-# ----------------------------------------------------------------------------- the graded cells
-def _cells():
-    return {c.id: c for c in nbformat.read(str(NOTEBOOK), as_version=4).cells}
-
-
-@pytest.fixture(scope="module")
-def notebook_namespace():
-    """The namespace of the notebook after its setup cell (torch's thread count restored)."""
-    import torch
-
-    threads = torch.get_num_threads()
-    namespace = {"__name__": "__main__"}
-    exec(_cells()["setup"].source, namespace)
-    torch.set_num_threads(threads)
-    return namespace
-
-
-def run_graded(namespace, test_id, solution_source):
-    """Define a solution in a copy of the notebook's namespace, then run a graded test cell."""
-    ns = dict(namespace)
-    exec(solution_source, ns)
-    exec(_cells()[test_id].source, ns)
-
-
-OTHER_SOLUTIONS = {
-    "form_dynamic_batches_tests": [
-        # one pass, closing the open batch when the next arrival is too late or it is full;
-        # numpy arrays and tuples out
-        '''
-def form_dynamic_batches(arrivals, max_batch, max_delay):
-    """Args: ... Returns: ..."""
-    arr = np.asarray(arrivals, dtype=float)
-    if max_batch < 1 or max_delay < 0 or np.any(np.diff(arr) < 0):
-        raise ValueError("bad input")
-    batches, times, open_batch = [], [], []
-    for i, t in enumerate(arr):
-        if open_batch and t - arr[open_batch[0]] > max_delay:
-            batches.append(np.array(open_batch))
-            times.append(arr[open_batch[0]] + max_delay)
-            open_batch = []
-        open_batch.append(i)
-        if len(open_batch) == max_batch:
-            batches.append(np.array(open_batch))
-            times.append(t)
-            open_batch = []
-    if open_batch:
-        batches.append(np.array(open_batch))
-        times.append(arr[open_batch[0]] + max_delay)
-    return tuple(batches), np.array(times)
-''',
-        # recursion on the rest of the list
-        '''
-def form_dynamic_batches(arrivals, max_batch, max_delay):
-    """Args: ... Returns: ..."""
-    times = list(map(float, arrivals))
-    if max_batch < 1:
-        raise ValueError("max_batch")
-    if max_delay < 0:
-        raise ValueError("max_delay")
-    if sorted(times) != times:
-        raise ValueError("unsorted")
-    out_b, out_t, start = [], [], 0
-    while start < len(times):
-        members = [k for k in range(start, min(start + max_batch, len(times)))
-                   if times[k] <= times[start] + max_delay]
-        out_b.append(members)
-        out_t.append(times[members[-1]] if len(members) == max_batch else times[start] + max_delay)
-        start = members[-1] + 1
-    return out_b, out_t
-''',
-    ],
-    "bucket_requests_tests": [
-        '''
-import bisect
-
-def bucket_requests(lengths, bucket_bounds):
-    """Args: ... Returns: ..."""
-    bounds = list(bucket_bounds)
-    if len(bounds) == 0 or any(b <= a for a, b in zip(bounds, bounds[1:])):
-        raise ValueError("bounds")
-    lengths = np.asarray(lengths)
-    if lengths.size and lengths.min() < 1:
-        raise ValueError("length")
-    return np.array([bisect.bisect_left(bounds, x) for x in lengths], dtype=int)
-''',
-    ],
-    "padding_waste_tests": [
-        '''
-def padding_waste(batches):
-    """Args: ... Returns: ..."""
-    sizes = [np.asarray(b) for b in batches if len(b)]
-    if any((b < 1).any() for b in sizes):
-        raise ValueError("length")
-    slots = sum(b.size * b.max() for b in sizes)
-    return float(1 - sum(b.sum() for b in sizes) / slots) if slots else 0.0
-''',
-    ],
-    "continuous_batching_step_tests": [
-        # checks the head only when it blocks; a while loop; finished computed last
-        '''
-def continuous_batching_step(running, waiting, kv_budget, max_batch=None):
-    """Args: ... Returns: ..."""
-    keep = [s for s in running if s.output_tokens > s.generated]
-    used = sum(s.prompt_tokens + s.output_tokens for s in keep)
-    limit = len(running) + len(waiting) + 1 if max_batch is None else max_batch
-    k = 0
-    while k < len(waiting):
-        need = waiting[k].prompt_tokens + waiting[k].output_tokens
-        if need > kv_budget:
-            raise ValueError(f"request {waiting[k].id} can never fit")
-        if used + need > kv_budget or len(keep) + k >= limit:
-            break
-        used += need
-        k += 1
-    return list(waiting[:k]), keep, [s for s in running if s.output_tokens <= s.generated]
-''',
-    ],
-}
-
-WRONG_SOLUTIONS = {
-    # a request arriving exactly at the deadline is left out
-    "form_dynamic_batches_tests": '''
-def form_dynamic_batches(arrivals, max_batch, max_delay):
-    if max_batch < 1 or max_delay < 0 or list(arrivals) != sorted(arrivals):
-        raise ValueError("bad")
-    t = [float(x) for x in arrivals]
-    out, due, i = [], [], 0
-    while i < len(t):
-        j = i + 1
-        while j < len(t) and j - i < max_batch and t[j] < t[i] + max_delay:
-            j += 1
-        out.append(list(range(i, j)))
-        due.append(t[j - 1] if j - i == max_batch else t[i] + max_delay)
-        i = j
-    return out, due
-''',
-    # a length equal to a bound goes to the next bucket
-    "bucket_requests_tests": '''
-import bisect
-
-def bucket_requests(lengths, bucket_bounds):
-    if not len(bucket_bounds) or list(bucket_bounds) != sorted(set(bucket_bounds)):
-        raise ValueError("bounds")
-    if any(x < 1 for x in lengths):
-        raise ValueError("length")
-    return [bisect.bisect_right(list(bucket_bounds), x) for x in lengths]
-''',
-    # the mean of each batch's waste instead of pooling the slots
-    "padding_waste_tests": '''
-def padding_waste(batches):
-    ws = [1 - sum(b) / (len(b) * max(b)) for b in batches if len(b)]
-    return sum(ws) / len(ws) if ws else 0.0
-''',
-    # lets smaller requests overtake the head of the queue
-    "continuous_batching_step_tests": '''
-def continuous_batching_step(running, waiting, kv_budget, max_batch=None):
-    if any(s.prompt_tokens + s.output_tokens > kv_budget for s in waiting):
-        raise ValueError("too big")
-    still = [s for s in running if s.generated < s.output_tokens]
-    done = [s for s in running if s.generated >= s.output_tokens]
-    free = kv_budget - sum(s.prompt_tokens + s.output_tokens for s in still)
-    admitted = []
-    for s in waiting:
-        if s.prompt_tokens + s.output_tokens <= free and (max_batch is None or len(still) + len(admitted) < max_batch):
-            admitted.append(s)
-            free -= s.prompt_tokens + s.output_tokens
-    return admitted, still, done
-''',
-}
-
-
-@pytest.mark.parametrize("test_id, source", [(t, s) for t, sources in OTHER_SOLUTIONS.items()
-                                             for s in sources])
-def test_other_correct_solutions_earn_the_points(notebook_namespace, test_id, source):
-    run_graded(notebook_namespace, test_id, source)
-
-
-@pytest.mark.parametrize("test_id", sorted(WRONG_SOLUTIONS))
-def test_wrong_solutions_fail_the_graded_cells(notebook_namespace, test_id):
-    with pytest.raises(AssertionError):
-        run_graded(notebook_namespace, test_id, WRONG_SOLUTIONS[test_id])
-
-
-@pytest.mark.parametrize("test_id, reference", [
-    ("form_dynamic_batches_tests", "form_dynamic_batches"),
-    ("bucket_requests_tests", "bucket_requests"),
-    ("padding_waste_tests", "padding_waste"),
-    ("continuous_batching_step_tests", "continuous_batching_step"),
-])
-def test_handing_in_the_package_function_is_refused(notebook_namespace, test_id, reference):
-    from scalesim_course.grading import OwnWorkError
-
-    source = f"from scalesim_course.batching import {reference}\n"
-    with pytest.raises(OwnWorkError):
-        run_graded(notebook_namespace, test_id, source)
-
-
-def test_dynamic_batches_per_queue_serves_each_request_once():
-    arrival = np.sort(np.random.default_rng(3).uniform(0, 1, 200))
-    queues = [np.arange(0, 200, 2), np.arange(1, 200, 2)]
-    formed, waits = batching.dynamic_batches_per_queue(arrival, queues, 8, 0.02)
-    assert sorted(i for b in formed for i in b) == list(range(200))
-    assert all(len(b) <= 8 for b in formed) and all(set(b) <= set(queues[b[0] % 2]) for b in formed)
-    assert len(waits) == 200 and waits.min() >= 0 and waits.max() <= 0.02 + 1e-12

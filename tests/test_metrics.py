@@ -6,7 +6,7 @@ import pytest
 
 from scalesim_course import metrics as m
 from scalesim_course import sim
-from scalesim_course.workload import poisson_workload
+from scalesim_course.workload import Workload, poisson_workload
 
 
 def test_latency_summary_uses_linear_interpolation():
@@ -86,3 +86,78 @@ def test_littles_law_with_unfinished_requests():
     assert check.rel_error < 0.1
     with pytest.raises(ValueError, match="window"):
         m.littles_law(res, window=(5.0, 5.0))
+
+
+# ----------------------------------------------------------------------------- exact values
+@pytest.mark.parametrize("q, want", [
+    # 1, 2, 3, 4 sorted; position h = 3 q / 100 between ranks floor(h) and ceil(h)
+    (0, 1.0), (100, 4.0), (50, 2.5), (25, 1.75), (95, 3.85), (99, 3.97), (10, 1.3),
+])
+def test_percentile_exact_values_by_hand(q, want):
+    assert m.percentile([4.0, math.nan, 1.0, 3.0, 2.0], q) == pytest.approx(want, abs=1e-12)
+
+
+def test_latency_summary_exact_values_by_hand():
+    # 10 values 1..10: mean 5.5; p50 at h = 4.5 -> 5.5; p95 at h = 8.55 -> 9.55; p99 -> 9.91
+    s = m.latency_summary([10, 9, 8, 7, 6, 5, 4, 3, 2, 1, math.nan])
+    assert s == pytest.approx({"mean": 5.5, "p50": 5.5, "p95": 9.55, "p99": 9.91}, abs=1e-12)
+
+
+def test_percentile_of_nothing_finished_says_so():
+    with pytest.raises(ValueError, match="no finished requests"):
+        m.percentile([math.nan, math.nan], 50)
+
+
+def _run(arrival, first, finish, outputs, *, stopped_at=None):
+    """A RunResult with hand-chosen timestamps (one replica, one server)."""
+    wl = Workload.build(arrival, output_tokens=outputs)
+    n = len(arrival)
+    res = sim.RunResult(wl, np.asarray(arrival, float), np.asarray(first, float),
+                        np.asarray(finish, float), np.zeros(n, int), np.array([1.0]),
+                        np.array([1.0]), 1, stopped_at if stopped_at is not None
+                        else float(np.nanmax(finish)))
+    if stopped_at is not None and hasattr(res, "stopped_at"):
+        res.stopped_at = stopped_at
+    return res
+
+
+def test_a_request_running_at_the_stop_does_not_meet_its_slo():
+    # Request 0 finished one token (nan TPOT): meets. Request 1 got its first token fast but
+    # was still generating at the stop (nan finish, so nan TPOT): it has NOT met its SLO.
+    res = _run([0.0, 1.0], [0.2, 1.1], [0.2, math.nan], [1, 50], stopped_at=4.0)
+    assert math.isnan(res.tpot[0]) and math.isnan(res.tpot[1])
+    assert m.slo_attainment(res.ttft, res.tpot, ttft_slo=0.5, tpot_slo=0.05,
+                            finished=res.completed) == 0.5
+    # the window runs from the first arrival (0) to the stop (4 s): 1 good request / 4 s
+    assert m.window(res) == (0.0, 4.0)
+    assert m.run_goodput(res, ttft_slo=0.5, tpot_slo=0.05) == pytest.approx(0.25)
+    assert m.throughput(res)["requests_per_s"] == pytest.approx(0.25)
+    s = m.summarize(res, ttft_slo=0.5, tpot_slo=0.05)
+    assert (s["completed"], s["unfinished"], s["one_token"]) == (1, 1, 1)
+    assert s["slo_attainment"] == 0.5
+
+
+def test_goodput_and_throughput_share_one_window():
+    # arrivals 0, 1, 2, 3; finishes 1.5, 2.5, 3.5, 5.0: window 0 to 5 s, 4 finished -> 0.8/s.
+    # TTFTs 0.5, 0.5, 0.5, 1.5 with a 1 s limit: 3 good -> 0.6/s, never above throughput.
+    res = _run([0, 1, 2, 3], [0.5, 1.5, 2.5, 4.5], [1.5, 2.5, 3.5, 5.0], [11, 11, 11, 11])
+    assert m.window(res) == (0.0, 5.0)
+    thru = m.throughput(res)
+    assert thru["requests_per_s"] == pytest.approx(0.8)
+    assert thru["tokens_per_s"] == pytest.approx(44 / 5)
+    good = m.run_goodput(res, ttft_slo=1.0, tpot_slo=0.1)   # TPOT 1/10 = 0.1 s: on the limit
+    assert good == pytest.approx(0.6)
+    assert m.summarize(res, ttft_slo=1.0, tpot_slo=0.1)["goodput_rps"] <= thru["requests_per_s"]
+
+
+def test_goodput_never_exceeds_throughput_on_a_simulated_overload():
+    from scalesim_course.costmodel import RooflineCost
+    from scalesim_course.workload import azure_like
+
+    llm = RooflineCost("llama-3-8b", "a100-80gb-sxm")
+    for rate in (2, 12):
+        wl = azure_like(duration=30, rate=rate, seed=3)
+        run = sim.simulate(wl, mode="iteration", cost=llm, max_batch=32,
+                           kv_capacity=llm.max_kv_tokens(), seed=3)
+        good = m.run_goodput(run, ttft_slo=1.0, tpot_slo=0.05)
+        assert good <= m.throughput(run)["requests_per_s"] + 1e-12

@@ -16,8 +16,7 @@ from scalesim_course._nbgrader import (
     release_notebook,
     source_notebook,
 )
-from scalesim_course.cli import main
-from scalesim_course.grading import grade
+from scalesim_course.grading import grade, grade_notebook
 
 ASSIGNMENTS = assignments(REPO)
 
@@ -42,15 +41,19 @@ def test_solution_runs_clean_and_earns_full_marks(name):
 
 
 @pytest.mark.parametrize("name", ASSIGNMENTS)
-def test_untouched_release_earns_zero_on_every_test(name, capsys):
+def test_untouched_release_earns_zero_on_every_test_and_runs_to_the_end(name):
     released = release_notebook(name, REPO)
     assert released.is_file(), f"no {released.relative_to(REPO)}: run `scalesim-course release`"
-    assert main(["grade", str(released), "--json",
-                 "--course-root", str(REPO)]) == 0
-    scores = json.loads(capsys.readouterr().out)["exercises"]
+    report = grade_notebook(released, course_root_dir=REPO)
+    scores = report.to_json()["exercises"]
     tests = [nbgrader_meta(c)["grade_id"] for c in _cells(name) if _is_test(c)]
     assert sorted(scores) == sorted(tests)
     assert {gid: earned for gid, (earned, _) in scores.items()} == {gid: 0 for gid in tests}
+    # Run All reaches the end: no cell but the unanswered exercises' tests fails (no NameError
+    # later on); cells that need an answer say so instead
+    assert report.errors == [], f"{name}: cells outside the tests fail when exercises are unanswered"
+    assert all(e.title.startswith("Exercise ") for e in report.exercises), \
+        "the report names exercises by their heading"
 
 
 # ----------------------------------------------------------------------------- conventions
@@ -108,102 +111,22 @@ def test_metadata_names_the_assignment(name):
     assert nb.metadata["kernelspec"]["name"] == "python3"
 
 
-# ----------------------------------------------------------------------------- 01: fair tests
-ALTERNATIVES_01 = {
-    # pure Python, no numpy: a correct solution written differently
-    "latency_summary": '''
-def latency_summary(latencies):
-    xs = sorted(float(v) for v in latencies if v == v)
-    if not xs:
-        raise ValueError("nothing to summarize")
-    def at(p):
-        h = (len(xs) - 1) * p / 100
-        i = int(h)
-        j = min(i + 1, len(xs) - 1)
-        return xs[i] + (h - i) * (xs[j] - xs[i])
-    return {"mean": sum(xs) / len(xs), "p50": at(50), "p95": at(95), "p99": at(99)}
-''',
-    "slo_report": '''
-def slo_report(ttft, tpot, ttft_slo, tpot_slo, duration):
-    if len(ttft) != len(tpot) or len(ttft) == 0 or duration <= 0:
-        raise ValueError("bad input")
-    good = 0
-    for first, gap in zip(ttft, tpot):
-        if first <= ttft_slo and not gap > tpot_slo:
-            good += 1
-    return good / len(ttft), good / duration
-''',
-    # borrowing the package's implementation earns nothing
-    "histogram_quantile": '''
-import scalesim_course.metrics as m
+# ----------------------------------------------------------------------------- run all, timing
+# Right and wrong answers per exercise: tests/notebooks/test_NN_<name>.py (answers.py).
 
-def histogram_quantile(q, bucket_upper_bounds, cumulative_counts):
-    pairs = sorted(zip(bucket_upper_bounds, cumulative_counts))
-    return m.histogram_quantile(q, [b for b, _ in pairs], [c for _, c in pairs])
-''',
-}
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_graded_test_cells_let_run_all_go_on(name):
+    """A failing test cell (an unanswered exercise) must not stop JupyterLab's Run All."""
+    untagged = [nbgrader_meta(c)["grade_id"] for c in _cells(name)
+                if _is_test(c) and "raises-exception" not in c.metadata.get("tags", [])]
+    assert untagged == [], f"{name}: tag these test cells 'raises-exception'"
 
 
-@pytest.mark.skipif("01_serving_fundamentals" not in ASSIGNMENTS, reason="no notebook 01")
-def test_01_hidden_tests_accept_other_correct_code_and_refuse_borrowed_code(tmp_path):
-    nb = nbformat.read(str(release_notebook("01_serving_fundamentals", REPO)), as_version=4)
-    for cell in nb.cells:
-        grade_id = nbgrader_meta(cell).get("grade_id")
-        if grade_id in ALTERNATIVES_01:
-            cell.source = ALTERNATIVES_01[grade_id].strip()
-    path = tmp_path / "01_serving_fundamentals.ipynb"
-    nbformat.write(nb, str(path))
-    report = grade(path, course_root_dir=REPO)
-    scores = {e.grade_id: (e.earned, e.possible, e.message) for e in report.exercises}
-    assert scores["latency_summary_tests"][0] == scores["latency_summary_tests"][1]
-    assert scores["slo_report_tests"][0] == scores["slo_report_tests"][1]
-    earned, _, message = scores["histogram_quantile_tests"]
-    assert earned == 0 and message.startswith("OwnWorkError: histogram_quantile uses the package's")
-
-
-WRONG_01 = {
-    # plausible mistakes the hidden tests must catch: each would pass a careless eye
-    "latency_summary": '''
-def latency_summary(latencies):
-    xs = np.asarray(latencies, dtype=float)          # forgets to drop nan (unfinished)
-    if xs.size == 0:
-        raise ValueError("empty")
-    p50, p95, p99 = np.percentile(xs, [50, 95, 99])
-    return {"mean": float(xs.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99)}
-''',
-    "slo_report": '''
-def slo_report(ttft, tpot, ttft_slo, tpot_slo, duration):
-    ttft, tpot = np.asarray(ttft, dtype=float), np.asarray(tpot, dtype=float)
-    if ttft.size == 0 or ttft.shape != tpot.shape or duration <= 0:
-        raise ValueError("bad input")
-    ok = (ttft <= ttft_slo) & (tpot <= tpot_slo)     # a one-token answer (nan TPOT) misses
-    return float(ok.mean()), float(ok.sum() / duration)
-''',
-    "histogram_quantile": '''
-def histogram_quantile(q, bucket_upper_bounds, cumulative_counts):
-    if not 0 <= q <= 1:
-        raise ValueError("q")
-    le, counts = list(bucket_upper_bounds), list(cumulative_counts)
-    rank = q * counts[-1]
-    b = next(i for i, c in enumerate(counts) if c >= rank)
-    if b == len(le) - 1:
-        return le[-1]                                 # +Inf, not the second-highest bound
-    start, below = (le[b - 1], counts[b - 1]) if b else (0.0, 0.0)
-    return start + (le[b] - start) * (rank - below) / (counts[b] - below)
-''',
-}
-
-
-@pytest.mark.skipif("01_serving_fundamentals" not in ASSIGNMENTS, reason="no notebook 01")
-def test_01_hidden_tests_refuse_plausible_wrong_answers(tmp_path):
-    nb = nbformat.read(str(release_notebook("01_serving_fundamentals", REPO)), as_version=4)
-    for cell in nb.cells:
-        grade_id = nbgrader_meta(cell).get("grade_id")
-        if grade_id in WRONG_01:
-            cell.source = WRONG_01[grade_id].strip()
-    path = tmp_path / "01_serving_fundamentals.ipynb"
-    nbformat.write(nb, str(path))
-    report = grade(path, course_root_dir=REPO)
-    earned = {e.grade_id: e.earned for e in report.exercises}
-    assert earned == {"latency_summary_tests": 0, "slo_report_tests": 0,
-                      "histogram_quantile_tests": 0}
+@pytest.mark.parametrize("name", ASSIGNMENTS)
+def test_cell_times_are_stored_for_self_grading(name):
+    path = REPO / "solutions" / name / "cell_times.json"
+    assert path.is_file(), f"run `scalesim-course release --time {name}`"
+    times = json.loads(path.read_text())["cells"]
+    graded = [nbgrader_meta(c)["grade_id"] for c in _cells(name) if nbgrader_meta(c).get("grade_id")]
+    assert set(graded) <= set(times), f"{name}: cell_times.json misses {set(graded) - set(times)}"
+    assert all(0 <= t < 120 for t in times.values())

@@ -29,6 +29,18 @@ def test_latency_vs_load_draws_theory_dashed():
     assert [line.get_linestyle() for line in ax.get_lines()] == ["-", "--"]
 
 
+def test_latency_vs_load_shows_replications_as_a_band_on_a_linear_axis():
+    runs = [[1.0, 2.0, 9.0], [1.2, 2.4, 13.0], [0.8, 2.2, 11.0]]
+    ax = plots.latency_vs_load([0.5, 0.8, 0.9], {"p99": runs}, {"p99": [1.0, 2.5, 10.0]},
+                               log=False)
+    band = ax.collections[0].get_paths()[0].vertices
+    assert band[:, 1].min() == 0.8 and band[:, 1].max() == 13.0   # min and max of the runs
+    median = ax.get_lines()[0]
+    assert list(median.get_ydata()) == [1.0, 2.2, 11.0]
+    assert ax.get_yscale() == "linear"
+    assert "range of 3 simulated runs" in ax.get_legend().get_texts()[0].get_text()
+
+
 def test_timeline_of_batches_on_two_servers():
     wl = Workload.build(np.arange(10) * 0.1)
     res = sim.simulate(wl, servers=2, cost=costmodel.FixedBatchCost(0.3, 0.0), record_steps=True)
@@ -50,3 +62,14 @@ def test_lifecycle_bars_follow_the_timestamps():
     ax = plots.lifecycle(res)
     waits = [p.get_width() for p in ax.patches[:3]]
     assert waits == pytest.approx(res.queue_delay.tolist())
+
+
+def test_batch_cost_curves_share_a_unitless_axis_and_skip_impossible_sizes():
+    sizes = [1, 2, 4, 8]
+    left, right = plots.batch_cost_curves(sizes, {"requests": [0.01, 0.01, 0.01, 0.02],
+                                                  "tokens": [0.02, 0.02, 0.03, np.nan]})
+    req, tok = right.get_lines()
+    assert list(req.get_ydata()) == [1.0, 2.0, 4.0, 4.0]       # b / t, over b = 1
+    assert list(tok.get_ydata()[:3]) == [1.0, 2.0, 4 * 0.02 / 0.03]
+    assert np.isnan(tok.get_ydata()[3])                          # not drawn
+    assert "× a batch of 1" in right.get_ylabel()

@@ -32,6 +32,7 @@ class Outcome:
 
     passed: bool
     error: str = ""   # the exception (type: message) or "wrote to stderr: ..."
+    hidden: bool = False  # the failure happened in the hidden tests
 
 
 class ExerciseNotebook:
@@ -90,10 +91,25 @@ class ExerciseNotebook:
             if isinstance(e, (KeyboardInterrupt, SystemExit)):
                 raise
             last = traceback.format_exception_only(type(e), e)[-1].strip()
-            return Outcome(False, last)
+            name = type(e).__name__
+            last = name + last[last.index(":"):] if ":" in last else name  # no module prefix
+            return Outcome(False, last, self._in_hidden(exercise, e))
         if err.getvalue():
             return Outcome(False, "wrote to stderr: " + err.getvalue().strip()[:200])
         return Outcome(True)
+
+    def _in_hidden(self, exercise: str, error: BaseException) -> bool:
+        """Whether `error` was raised from a line of the test cell's hidden tests."""
+        source = self.tests[exercise]
+        lines = source.split("\n")
+        begin = next((n for n, line in enumerate(lines, 1) if "BEGIN HIDDEN TESTS" in line), None)
+        if begin is None:
+            return False
+        end = next((n for n, line in enumerate(lines, 1) if "END HIDDEN TESTS" in line),
+                   len(lines))
+        at = [f.lineno for f in traceback.extract_tb(error.__traceback__)
+              if f.filename == f"<tests of {exercise}>"]
+        return bool(at) and begin <= at[-1] <= end
 
     def reference(self, exercise: str) -> str:
         """The instructor's solution source of `exercise`."""
@@ -105,17 +121,34 @@ def stub() -> str:
     return "raise NotImplementedError()"
 
 
+def explains(outcome: Outcome) -> bool:
+    """Whether a failed answer's error teaches: in the hidden tests, the docstring promise
+    broken (`promise`) or the own-work rule; in the visible tests, anything but a bare
+    AssertionError (a visible test's message, or the learner's own error on a visible input)."""
+    if outcome.hidden:
+        return outcome.error.startswith(("BrokenPromise: ", "OwnWorkError: "))
+    return outcome.error.strip() not in ("", "AssertionError")
+
+
 def assert_fair(nb: ExerciseNotebook, exercise: str, wrong: dict[str, str],
-                right: dict[str, str]) -> None:
+                right: dict[str, str], *, explained: bool = False) -> None:
     """Every wrong answer loses the exercise's points; every right one (and the reference) earns
-    them. Raises AssertionError listing every answer scored the wrong way."""
+    them. Raises AssertionError listing every answer scored the wrong way.
+
+    Args:
+        explained: also require every wrong answer's failure to say why (`explains`): a
+            visible test's message or a hidden test's docstring promise.
+    """
     problems = []
     ref = nb.score(exercise, nb.reference(exercise))
     if not ref.passed:
         problems.append(f"the reference solution fails: {ref.error}")
     for label, source in wrong.items():
-        if nb.score(exercise, source).passed:
+        out = nb.score(exercise, source)
+        if out.passed:
             problems.append(f"wrong answer {label!r} earns full marks")
+        elif explained and not explains(out):
+            problems.append(f"wrong answer {label!r} fails without saying why: {out.error!r}")
     for label, source in right.items():
         out = nb.score(exercise, source)
         if not out.passed:
@@ -126,3 +159,15 @@ def assert_fair(nb: ExerciseNotebook, exercise: str, wrong: dict[str, str],
 if __name__ == "__main__":  # python tests/notebooks/answers.py 02_batching form_dynamic_batches
     book = ExerciseNotebook(sys.argv[1])
     print(book.score(sys.argv[2], book.reference(sys.argv[2])))
+
+
+def assert_caught_visibly(nb: ExerciseNotebook, exercise: str, wrong: dict[str, str],
+                          labels) -> None:
+    """The common mistakes `labels` (keys of `wrong`) fail in the visible tests already, where
+    the learner reads what was expected before grading."""
+    problems = []
+    for label in labels:
+        out = nb.score(exercise, wrong[label])
+        if out.passed or out.hidden:
+            problems.append(f"{label!r} is not caught by the visible tests ({out.error or 'passes'})")
+    assert not problems, f"{nb.assignment}/{exercise}:\n" + "\n".join(problems)
