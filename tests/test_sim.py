@@ -176,3 +176,23 @@ def test_bad_policies_and_inputs_fail_clearly():
         sim.simulate(big, mode="iteration", cost=ConstantStep(), scheduler=lambda v: [])
     with pytest.raises(ValueError, match="retry_at"):
         sim.simulate(wl, batcher=lambda q: sim.BatchDecision(0, q.now))
+
+
+def test_decode_fast_forward_changes_nothing():
+    # record_steps=True runs every step as an event; without it, decode-only stretches run
+    # without events: every timestamp and busy second must be the same, stopped or not
+    rng = np.random.default_rng(3)
+    n = 300
+    wl = Workload.build(np.sort(rng.uniform(0, 30, n)), rng.integers(1, 200, n),
+                        rng.integers(1, 80, n))
+    cost = costmodel.LinearStepCost(0.01, 1e-4, 1e-3, 1e-6)
+    for extra in ({}, {"until": 17.3}, {"kv_capacity": 900, "max_batch": 6},
+                  {"replicas": 2, "prefill_chunk": 64},
+                  {"autoscaler": lambda v: 1 + v.outstanding // 10, "autoscale_interval": 2.5}):
+        until = extra.pop("until", np.inf)
+        a = sim.simulate(wl, mode="iteration", cost=cost, until=until, **extra)
+        b = sim.simulate(wl, mode="iteration", cost=cost, until=until, record_steps=True,
+                         **extra)
+        for name in ("start", "first_token", "finish", "replica", "busy_time", "up_time"):
+            assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
+        assert a.n_steps == b.n_steps == len(b.steps)

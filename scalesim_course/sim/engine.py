@@ -92,6 +92,8 @@ class Simulation:
         self.idle = 0
         self.ended = False
         self.stopped_at = math.nan
+        self.arrivals: list = []
+        self.until = math.inf
         self.fleet = Fleet(self)
         spec0 = cfg.replica_specs[0] if cfg.replica_specs else None
         self.fast = (cfg.mode == "request" and cfg.replicas == 1 and cfg.autoscaler is None
@@ -135,7 +137,8 @@ class Simulation:
                 until, (int, float, np.integer, np.floating)) or math.isnan(until):
             raise TypeError(f"until must be a number of seconds (or math.inf), got {until!r}")
         cfg, heap, wl = self.cfg, self.heap, self.wl
-        arrivals = wl.arrival.tolist()
+        arrivals = self.arrivals = wl.arrival.tolist()
+        self.until = until
         n, i = len(arrivals), 0
         fleet = self.fleet
         if cfg.autoscaler is not None:
@@ -251,7 +254,7 @@ class Simulation:
                          np.array([r.servers for r in replicas]), self.preemptions,
                          np.array(self.n_pre), self.kv_log, float(provisioned),
                          self.fleet.fleet_log, self.fleet.scale_events,
-                         sum(getattr(r, "steps", 0) for r in replicas) + self.n_batches)
+                         sum(getattr(r, "begun", 0) for r in replicas) + self.n_batches)
 
 
 def simulate(workload: Workload, config: ServingConfig | None = None, *, seed=0,
