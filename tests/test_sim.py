@@ -196,3 +196,16 @@ def test_decode_fast_forward_changes_nothing():
         for name in ("start", "first_token", "finish", "replica", "busy_time", "up_time"):
             assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
         assert a.n_steps == b.n_steps == len(b.steps)
+
+
+def test_least_outstanding_breaks_ties_to_the_lowest_index():
+    # three 10 s requests at 0 fill replicas 0, 1, 2 in order (each tie goes to the lowest
+    # index); at 1 all three hold one request: the tie goes to replica 0; at 2 replica 0 has
+    # two, 1 and 2 one each: replica 1. Highest-index tie-breaking would give [2, 1, 0, 2, 1].
+    wl = Workload.build([0.0, 0.0, 0.0, 1.0, 2.0], service_time=[10.0] * 5)
+    res = sim.simulate(wl, replicas=3)
+    assert res.replica.tolist() == [0, 1, 2, 0, 1]
+    # the same rule through the policy function itself (the engine inlines the default)
+    res = sim.simulate(wl, replicas=3,
+                       router=lambda r, reps, rng: sim.least_outstanding(r, reps, rng))
+    assert res.replica.tolist() == [0, 1, 2, 0, 1]

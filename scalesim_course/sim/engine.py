@@ -246,8 +246,11 @@ class Simulation:
                           for r in replicas)
         busy = np.array([r.busy_time for r in replicas])
         cfg = self.cfg
-        return RunResult(self.wl, np.array(self.start), np.array(self.first),
-                         np.array(self.finish), np.array(self.where), busy, up_time,
+        start = np.array(self.start)
+        where = np.array(self.where)
+        where[np.isnan(start)] = -1     # routed but never served: not "served by" anyone
+        return RunResult(self.wl, start, np.array(self.first),
+                         np.array(self.finish), where, busy, up_time,
                          cfg.servers if cfg.mode == "request" else 1, self.now,
                          self.steps, self.fleet.fleet, end,
                          {r.id: float(b) for r, b in zip(replicas, busy)},
