@@ -209,3 +209,18 @@ def test_least_outstanding_breaks_ties_to_the_lowest_index():
     res = sim.simulate(wl, replicas=3,
                        router=lambda r, reps, rng: sim.least_outstanding(r, reps, rng))
     assert res.replica.tolist() == [0, 1, 2, 0, 1]
+
+
+def test_inline_fifo_path_matches_the_general_path():
+    # the default path runs inline on request indices; a router (even one that always says 0)
+    # sends the same run through the general path: both must agree exactly, stopped or not
+    wl = poisson_workload(2.7, 4000, service_rate=1.0, seed=7)
+    for extra in ({}, {"until": 311.5}, {"replica_specs": [sim.ReplicaSpec(speed=1.5,
+                                                                           servers=2)]}):
+        until = extra.pop("until", np.inf)
+        a = sim.simulate(wl, servers=3, until=until, **extra)
+        b = sim.simulate(wl, servers=3, until=until, router=lambda r, reps, rng: 0, **extra)
+        for name in ("start", "first_token", "finish", "replica", "busy_time", "up_time"):
+            assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
+        assert (a.end_time, a.stopped_at, a.unfinished, a.n_steps) == (
+            b.end_time, b.stopped_at, b.unfinished, b.n_steps)
