@@ -224,3 +224,19 @@ def test_inline_fifo_path_matches_the_general_path():
             assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
         assert (a.end_time, a.stopped_at, a.unfinished, a.n_steps) == (
             b.end_time, b.stopped_at, b.unfinished, b.n_steps)
+
+
+def test_memory_per_simulated_request_stays_small():
+    # a million-request run must fit in 500 MB: allow at most 400 bytes per request for the
+    # run itself (timestamps, results; about 200 here), measured on 50,000 requests of both
+    # paths
+    import tracemalloc
+
+    wl = poisson_workload(3.2, 50_000, service_rate=1.0, seed=0)
+    for settings in ({"servers": 4}, {"replicas": 4}):
+        tracemalloc.start()
+        res = sim.simulate(wl, **settings)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert res.completed.all()
+        assert peak / len(wl) < 400, (settings, peak / len(wl))

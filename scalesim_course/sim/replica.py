@@ -13,7 +13,7 @@ import numpy as np
 
 from .._checks import NoProgressError, bad_output, check_duration, is_int, policy_name
 from ..workload import Request
-from .config import DRAINING, STOPPED
+from .config import DRAINING, STOPPED, UP
 from .kv import ExactReservation, KVSeq, Preempted, exact_reservation
 from .policies import fcfs_admission, fcfs_slots
 from .views import QueueView, ReplicaView, StepView
@@ -31,7 +31,7 @@ class Replica:
         spec = cfg.replica_specs[rid % len(cfg.replica_specs)] if cfg.replica_specs else None
         self.sim = sim
         self.id = rid
-        self.index = rid              # position among the replicas that are up
+        self.index = rid if state == UP else -1   # position among the replicas that are up
         self.state = state
         self.speed = spec.speed if spec else 1.0
         self.cost = spec.cost if spec and spec.cost is not None else cfg.cost
