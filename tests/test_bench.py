@@ -3,6 +3,8 @@ import gc
 import subprocess
 import sys
 
+import pytest
+
 from scalesim_course import bench, sim
 from scalesim_course.cli import main
 from scalesim_course.workload import poisson_workload
@@ -17,7 +19,7 @@ def test_bench_agrees_with_simpy_and_prints_the_ratio(capsys, tmp_path):
     r = bench.run_bench(n=3000, servers=2, rho=0.7, repeats=1)
     assert r["requests"] == 3000 and r["servers"] == 2
     # the ratio is the two rates' quotient (the engines agreed on every latency, or it raised)
-    assert r["speedup_vs_simpy"] == r["scalesim_req_per_s"] / r["simpy_req_per_s"]
+    assert r["speedup_vs_simpy"] == pytest.approx(r["scalesim_req_per_s"] / r["simpy_req_per_s"])
     trace = tmp_path / "tiny.csv"
     trace.write_text(TINY_TRACE)
     assert main(["bench", "-n", "2000", "--repeats", "1", "--trace", str(trace)]) == 0
@@ -54,3 +56,14 @@ def test_a_run_leaves_the_garbage_collector_as_it_found_it():
     sim.simulate(wl)
     sim.simulate(wl, replicas=2)
     assert (gc.isenabled(), gc.get_freeze_count()) == before
+
+
+def test_a_caller_freeze_is_kept():
+    wl = poisson_workload(0.5, 200, service_rate=1.0, seed=0)
+    gc.freeze()
+    try:
+        frozen = gc.get_freeze_count()
+        sim.simulate(wl)
+        assert gc.get_freeze_count() >= frozen
+    finally:
+        gc.unfreeze()

@@ -160,9 +160,11 @@ class Simulation:
         else:
             columns = (wl.prompt_tokens.tolist(), wl.output_tokens.tolist(),
                        wl.prompt_id.tolist(), wl.service_time.tolist())
-        frozen = gc.isenabled()
-        if frozen:
-            gc.freeze()    # the run does not pay for walking objects it did not create
+        # the run does not pay for walking objects it did not create; objects a caller froze
+        # stay frozen (only a freeze made here is undone)
+        frozen = gc.isenabled() and gc.get_freeze_count() == 0
+        if gc.isenabled():
+            gc.freeze()
         now = 0.0
         natural = False
         try:
