@@ -176,3 +176,67 @@ def test_bad_policies_and_inputs_fail_clearly():
         sim.simulate(big, mode="iteration", cost=ConstantStep(), scheduler=lambda v: [])
     with pytest.raises(ValueError, match="retry_at"):
         sim.simulate(wl, batcher=lambda q: sim.BatchDecision(0, q.now))
+
+
+def test_decode_fast_forward_changes_nothing():
+    # record_steps=True runs every step as an event; without it, decode-only stretches run
+    # without events: every timestamp and busy second must be the same, stopped or not
+    rng = np.random.default_rng(3)
+    n = 300
+    wl = Workload.build(np.sort(rng.uniform(0, 30, n)), rng.integers(1, 200, n),
+                        rng.integers(1, 80, n))
+    cost = costmodel.LinearStepCost(0.01, 1e-4, 1e-3, 1e-6)
+    for extra in ({}, {"until": 17.3}, {"kv_capacity": 900, "max_batch": 6},
+                  {"replicas": 2, "prefill_chunk": 64},
+                  {"autoscaler": lambda v: 1 + v.outstanding // 10, "autoscale_interval": 2.5}):
+        until = extra.pop("until", np.inf)
+        a = sim.simulate(wl, mode="iteration", cost=cost, until=until, **extra)
+        b = sim.simulate(wl, mode="iteration", cost=cost, until=until, record_steps=True,
+                         **extra)
+        for name in ("start", "first_token", "finish", "replica", "busy_time", "up_time"):
+            assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
+        assert a.n_steps == b.n_steps == len(b.steps)
+
+
+def test_least_outstanding_breaks_ties_to_the_lowest_index():
+    # three 10 s requests at 0 fill replicas 0, 1, 2 in order (each tie goes to the lowest
+    # index); at 1 all three hold one request: the tie goes to replica 0; at 2 replica 0 has
+    # two, 1 and 2 one each: replica 1. Highest-index tie-breaking would give [2, 1, 0, 2, 1].
+    wl = Workload.build([0.0, 0.0, 0.0, 1.0, 2.0], service_time=[10.0] * 5)
+    res = sim.simulate(wl, replicas=3)
+    assert res.replica.tolist() == [0, 1, 2, 0, 1]
+    # the same rule through the policy function itself (the engine inlines the default)
+    res = sim.simulate(wl, replicas=3,
+                       router=lambda r, reps, rng: sim.least_outstanding(r, reps, rng))
+    assert res.replica.tolist() == [0, 1, 2, 0, 1]
+
+
+def test_inline_fifo_path_matches_the_general_path():
+    # the default path runs inline on request indices; a router (even one that always says 0)
+    # sends the same run through the general path: both must agree exactly, stopped or not
+    wl = poisson_workload(2.7, 4000, service_rate=1.0, seed=7)
+    for extra in ({}, {"until": 311.5}, {"replica_specs": [sim.ReplicaSpec(speed=1.5,
+                                                                           servers=2)]}):
+        until = extra.pop("until", np.inf)
+        a = sim.simulate(wl, servers=3, until=until, **extra)
+        b = sim.simulate(wl, servers=3, until=until, router=lambda r, reps, rng: 0, **extra)
+        for name in ("start", "first_token", "finish", "replica", "busy_time", "up_time"):
+            assert np.array_equal(getattr(a, name), getattr(b, name), equal_nan=True), name
+        assert (a.end_time, a.stopped_at, a.unfinished, a.n_steps) == (
+            b.end_time, b.stopped_at, b.unfinished, b.n_steps)
+
+
+def test_memory_per_simulated_request_stays_small():
+    # a million-request run must fit in 500 MB: allow at most 400 bytes per request for the
+    # run itself (timestamps, results; about 200 here), measured on 50,000 requests of both
+    # paths
+    import tracemalloc
+
+    wl = poisson_workload(3.2, 50_000, service_rate=1.0, seed=0)
+    for settings in ({"servers": 4}, {"replicas": 4}):
+        tracemalloc.start()
+        res = sim.simulate(wl, **settings)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert res.completed.all()
+        assert peak / len(wl) < 400, (settings, peak / len(wl))

@@ -339,3 +339,11 @@ def test_bad_contract_settings_name_the_parameter():
         sim.simulate(wl, view_staleness=-1.0)
     with pytest.raises(ValueError, match="autoscaler"):
         sim.simulate(wl, replicas=0, min_replicas=0)
+
+
+def test_replica_is_minus_one_for_requests_never_served():
+    # batches of 2 on one replica: requests 0-1 and 2-3 served, 4 waits for ever
+    wl = timed([0.0, 0.1, 0.2, 0.3, 5.0], [0.5] * 5)
+    res = sim.simulate(wl, replicas=2, router=lambda r, reps, rng: 1,
+                       batcher=batching.static_batcher(2))
+    assert res.replica.tolist() == [1, 1, 1, 1, -1]

@@ -5,6 +5,13 @@ from dataclasses import dataclass
 from typing import Callable, NamedTuple, Optional, Sequence
 
 from .._checks import check_callable, check_int, check_non_negative, check_positive
+from ..costmodel import RequestCost, StepCost
+
+def implements(obj, protocol) -> bool:
+    """Whether obj has every method of a `costmodel` protocol (RequestCost, StepCost)."""
+    return all(callable(getattr(obj, name, None)) for name in vars(protocol)
+               if not name.startswith("_"))
+
 
 # replica states
 STARTING, UP, DRAINING, STOPPED = "starting", "up", "draining", "stopped"
@@ -143,11 +150,12 @@ class ServingConfig:
         if not specs or any(s.cost is None for s in specs):
             costs.append(("cost", self.cost))
         for name, cost in costs:
-            if self.mode == "iteration" and not hasattr(cost, "step_time"):
+            if self.mode == "iteration" and not implements(cost, StepCost):
                 raise TypeError(f"mode='iteration' needs {name} with a step_time(prefill_tokens"
-                                f", decode_seqs, context_tokens) method, got {cost!r}")
-            if self.mode == "request" and cost is not None and not hasattr(cost,
-                                                                           "batch_timing"):
+                                f", decode_seqs, context_tokens) method (costmodel.StepCost), "
+                                f"got {cost!r}")
+            if self.mode == "request" and cost is not None and not implements(cost, RequestCost):
                 raise TypeError(f"mode='request' needs {name}=None or an object with "
-                                f"batch_timing(prompt_tokens, output_tokens), got {cost!r}")
+                                f"batch_timing(prompt_tokens, output_tokens) "
+                                f"(costmodel.RequestCost), got {cost!r}")
         return self

@@ -92,6 +92,8 @@ class Simulation:
         self.idle = 0
         self.ended = False
         self.stopped_at = math.nan
+        self.arrivals: list = []
+        self.until = math.inf
         self.fleet = Fleet(self)
         spec0 = cfg.replica_specs[0] if cfg.replica_specs else None
         self.fast = (cfg.mode == "request" and cfg.replicas == 1 and cfg.autoscaler is None
@@ -135,7 +137,8 @@ class Simulation:
                 until, (int, float, np.integer, np.floating)) or math.isnan(until):
             raise TypeError(f"until must be a number of seconds (or math.inf), got {until!r}")
         cfg, heap, wl = self.cfg, self.heap, self.wl
-        arrivals = wl.arrival.tolist()
+        arrivals = self.arrivals = wl.arrival.tolist()
+        self.until = until
         n, i = len(arrivals), 0
         fleet = self.fleet
         if cfg.autoscaler is not None:
@@ -157,9 +160,11 @@ class Simulation:
         else:
             columns = (wl.prompt_tokens.tolist(), wl.output_tokens.tolist(),
                        wl.prompt_id.tolist(), wl.service_time.tolist())
-        frozen = gc.isenabled()
-        if frozen:
-            gc.freeze()    # the run does not pay for walking objects it did not create
+        # the run does not pay for walking objects it did not create; objects a caller froze
+        # stay frozen (only a freeze made here is undone)
+        frozen = gc.isenabled() and gc.get_freeze_count() == 0
+        if gc.isenabled():
+            gc.freeze()
         now = 0.0
         natural = False
         try:
@@ -243,15 +248,18 @@ class Simulation:
                           for r in replicas)
         busy = np.array([r.busy_time for r in replicas])
         cfg = self.cfg
-        return RunResult(self.wl, np.array(self.start), np.array(self.first),
-                         np.array(self.finish), np.array(self.where), busy, up_time,
+        start = np.array(self.start)
+        where = np.array(self.where)
+        where[np.isnan(start)] = -1     # routed but never served: not "served by" anyone
+        return RunResult(self.wl, start, np.array(self.first),
+                         np.array(self.finish), where, busy, up_time,
                          cfg.servers if cfg.mode == "request" else 1, self.now,
                          self.steps, self.fleet.fleet, end,
                          {r.id: float(b) for r, b in zip(replicas, busy)},
                          np.array([r.servers for r in replicas]), self.preemptions,
                          np.array(self.n_pre), self.kv_log, float(provisioned),
                          self.fleet.fleet_log, self.fleet.scale_events,
-                         sum(getattr(r, "steps", 0) for r in replicas) + self.n_batches)
+                         sum(getattr(r, "begun", 0) for r in replicas) + self.n_batches)
 
 
 def simulate(workload: Workload, config: ServingConfig | None = None, *, seed=0,

@@ -43,11 +43,20 @@ class Fleet:
             self.held.append(req)
             return
         route = self.router
-        k = route(req, self.stale_views() if self.stale else self.up_views, self.sim.rng)
-        if not (is_int(k) and 0 <= k < len(up)):
-            bad_output("router", route, k, f"it must be an int index in 0..{len(up) - 1} into "
-                       "the replicas it was given", TypeError if not is_int(k) else ValueError)
-        rep = up[k]
+        if route is least_outstanding and not self.stale:
+            # the default policy, inline: fewest waiting + in service, lowest index on ties
+            rep, best = up[0], len(up[0].queue) + up[0].busy
+            for r in up:
+                load = len(r.queue) + r.busy
+                if load < best:
+                    rep, best = r, load
+        else:
+            k = route(req, self.stale_views() if self.stale else self.up_views, self.sim.rng)
+            if not (is_int(k) and 0 <= k < len(up)):
+                bad_output("router", route, k, f"it must be an int index in 0..{len(up) - 1} "
+                           "into the replicas it was given",
+                           TypeError if not is_int(k) else ValueError)
+            rep = up[k]
         self.sim.where[req.id] = rep.id
         if self.sim.track:
             rep.count(1)

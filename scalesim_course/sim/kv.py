@@ -31,7 +31,8 @@ class KVSeq(NamedTuple):
     prompt_tokens: int
     output_tokens: int  # TRUE output length (only an "exact" policy may use it)
     generated: int      # output tokens produced so far
-    context: int        # tokens whose KV the sequence holds after the coming step
+    context: int        # tokens whose KV the sequence holds after the coming step; in admit():
+                        # prompt + generated (the whole prefill, even when it is chunked)
     prompt_id: int      # Request.prompt_id (-1: unique), for prefix sharing
     admitted_at: float  # time of (re)admission
 

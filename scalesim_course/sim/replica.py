@@ -7,16 +7,18 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from heapq import heappush
 
 import numpy as np
 
 from .._checks import NoProgressError, bad_output, check_duration, is_int, policy_name
 from ..workload import Request
-from .config import DRAINING, STOPPED
+from .config import DRAINING, STOPPED, UP
 from .kv import ExactReservation, KVSeq, Preempted, exact_reservation
 from .policies import fcfs_admission, fcfs_slots
 from .views import QueueView, ReplicaView, StepView
 
+_INF = math.inf
 NORMAL = 1   # same-time priority of replica events (see engine: ARRIVAL < NORMAL < LATE)
 
 
@@ -29,7 +31,7 @@ class Replica:
         spec = cfg.replica_specs[rid % len(cfg.replica_specs)] if cfg.replica_specs else None
         self.sim = sim
         self.id = rid
-        self.index = rid              # position among the replicas that are up
+        self.index = rid if state == UP else -1   # position among the replicas that are up
         self.state = state
         self.speed = spec.speed if spec else 1.0
         self.cost = spec.cost if spec and spec.cost is not None else cfg.cost
@@ -263,11 +265,16 @@ class IterationReplica(Replica):
         self.prefilling: deque = deque()
         self.decoding = 0
         self.context = 0
-        self.steps = 0
+        self.steps = 0               # steps completed
+        self.begun = 0               # steps started
         self.finish_at: dict = {}
         self.stepping = False
         self.step_work: list = []
         self.chunk = cfg.prefill_chunk or math.inf
+        self.record = cfg.record_steps
+        self.fast_forward = not cfg.record_steps
+        self.step_time = None if self.cost is None else self.cost.step_time
+        self._step_done = self.step_done
         self.sview = StepView(self)
 
     def kv_used(self) -> int:
@@ -379,45 +386,97 @@ class IterationReplica(Replica):
         return prefill_tokens, work
 
     def start_step(self, _=None) -> None:
-        sim = self.sim
-        if self.queue and len(self.running) < self.max_batch and not self.blocked:
+        """Admit (unless the head is known not to fit), make KV room, run one engine step."""
+        running = self.running
+        if self.queue and not self.blocked and len(running) < self.max_batch:
             self.admit()
-        if not self.running:
-            self.stepping = False
-            self.busy = 0
-            if self.queue:
-                r = self.queue[0]
-                if self.refused:
-                    raise NoProgressError(
-                        f"replica {self.id}: KV manager {policy_name(self.kv)} refused request {r.id} "
-                        f"({r.prompt_tokens} prompt + {r.output_tokens} output tokens) on an "
-                        f"empty replica with capacity {self.kv_capacity} at t={sim.now:g} s: "
-                        f"it can never run ({len(self.queue)} requests stuck)")
-                raise NoProgressError(
-                    f"scheduler {policy_name(self.scheduler)} admitted no request into an empty "
-                    f"batch at t={sim.now:g} s while {len(self.queue)} wait on replica "
-                    f"{self.id}: it must admit at least one")
-            if self.state == DRAINING:
-                sim.fleet.stop(self)
+        if not running:
+            self._stop_stepping()
             return
-        prefill_tokens, work = self.plan()
+        if self.prefilling:
+            prefill_tokens, work = self.plan()
+        else:
+            prefill_tokens, work = 0, ()
         if self.grows:
             prefill_tokens, work = self.grow(work, prefill_tokens)
+            self.fast_forward = False   # the KV manager is asked before every step
         decode = self.decoding
-        dt = self.cost.step_time(prefill_tokens, decode, self.context)
-        if not (type(dt) is float and 0 < dt < math.inf):
+        dt = self.step_time(prefill_tokens, decode, self.context)
+        if not (type(dt) is float and 0.0 < dt < _INF):
             check_duration("cost", self.cost, dt, method="step_time")
         if self.speed != 1.0:
             dt = dt / self.speed
+        sim = self.sim
         now = sim.now
         self.stepping = True
         self.step_work = work
-        self.busy = len(self.running)
+        self.busy = len(running)
         self.busy_time += dt
-        if sim.cfg.record_steps:
-            sim.record(self, now, now + dt, len(self.running), prefill_tokens, decode)
+        self.begun += 1
+        if not work and self.fast_forward and (not self.queue or self.blocked
+                                               or len(running) >= self.max_batch):
+            now, dt = self._fast_forward(now, dt)
+        if self.record:
+            sim.record(self, now, now + dt, len(running), prefill_tokens, decode)
             sim.kv_log.append((now, self.id, self.kv.used(), self.kv.stored()))
-        sim.push(now + dt, NORMAL, self.step_done, None)
+        sim.seq += 1
+        heappush(sim.heap, (now + dt, NORMAL, sim.seq, self._step_done, None))
+
+    def _fast_forward(self, now: float, dt: float) -> tuple:
+        """Run decode-only steps that nothing can interrupt without scheduling their events.
+
+        While no sequence finishes, no request arrives, no other event is due and nobody may
+        be admitted, every step is step_time(0, d, context) and only the context grows: the
+        same arithmetic as the event-by-event path, so the result is identical. Returns the
+        (start, duration) of the first step that ends at or after something else happens.
+        """
+        sim = self.sim
+        arrivals, heap = sim.arrivals, sim.heap
+        horizon = arrivals[sim.arrived] if sim.arrived < len(arrivals) else _INF
+        if heap and heap[0][0] < horizon:
+            horizon = heap[0][0]
+        stop = min(self.finish_at) if self.finish_at else _INF   # the next step with a finish
+        until = sim.until
+        end = now + dt
+        if not (end < horizon and end <= until and self.steps + 1 < stop):
+            return now, dt
+        step_time, d, speed = self.step_time, self.decoding, self.speed
+        steps, context, busy, begun = self.steps, self.context, self.busy_time, self.begun
+        while end < horizon and end <= until and steps + 1 < stop:
+            steps += 1          # the step [now, end) is done: every sequence decoded a token
+            begun += 1
+            context += d
+            now = end
+            dt = step_time(0, d, context)
+            if not (type(dt) is float and 0.0 < dt < _INF):
+                check_duration("cost", self.cost, dt, method="step_time")
+            if speed != 1.0:
+                dt = dt / speed
+            busy += dt
+            end = now + dt
+        self.steps, self.context, self.busy_time, self.begun = steps, context, busy, begun
+        sim.now = now
+        return now, dt
+
+    def _stop_stepping(self) -> None:
+        """Nothing runs: go idle (or stop, if draining); requests left waiting are stuck."""
+        sim = self.sim
+        self.stepping = False
+        self.busy = 0
+        if self.queue:
+            r = self.queue[0]
+            if self.refused:
+                raise NoProgressError(
+                    f"replica {self.id}: KV manager {policy_name(self.kv)} refused request "
+                    f"{r.id} ({r.prompt_tokens} prompt + {r.output_tokens} output tokens) on an "
+                    f"empty replica with capacity {self.kv_capacity} at t={sim.now:g} s: it "
+                    f"can never run ({len(self.queue)} requests stuck)")
+            raise NoProgressError(
+                f"scheduler {policy_name(self.scheduler)} admitted no request into an empty "
+                f"batch at t={sim.now:g} s while {len(self.queue)} wait on replica {self.id}: "
+                "it must admit at least one")
+        if self.state == DRAINING:
+            sim.fleet.stop(self)
 
     def grow(self, work: list, prefill_tokens: int) -> tuple:
         """Ask the KV manager for room for the coming step; preempt the victims it names."""
@@ -482,36 +541,35 @@ class IterationReplica(Replica):
         sim.preemptions.append(Preempted(r.id, sim.now, self.id, g, "kv"))
 
     def step_done(self, _=None) -> None:
-        sim = self.sim
-        now = sim.now
         # every sequence that was decoding produced one more token
         self.context += self.decoding
-        self.steps += 1
-        finished = self.finish_at.pop(self.steps, None)
+        steps = self.steps = self.steps + 1
+        finished = self.finish_at.pop(steps, None)
         # prefills that completed produce a token (the first, or the next after a recompute)
-        for s, take in self.step_work:
-            s.prefill_left -= take
-            if s.prefill_left == 0:
-                self.prefilling.popleft()  # prefill runs in FIFO order, so it is the head
-                r = s.req
-                if s.generated == 0:
-                    sim.first[r.id] = now
-                g = s.generated + 1
-                s.generated = g
-                s.decode_from = self.steps
-                if g >= r.output_tokens:
-                    if finished is None:
-                        finished = []
-                    finished.append(s)
-                else:
-                    s.decoding = True
-                    self.decoding += 1
-                    self.context += r.prompt_tokens + g
-                    s.finish_step = self.steps + r.output_tokens - g
-                    self.finish_at.setdefault(s.finish_step, []).append(s)
+        if self.step_work:
+            now = self.sim.now
+            for s, take in self.step_work:
+                s.prefill_left -= take
+                if s.prefill_left == 0:
+                    self.prefilling.popleft()  # prefill runs in FIFO order: it is the head
+                    r = s.req
+                    if s.generated == 0:
+                        self.sim.first[r.id] = now
+                    g = s.generated + 1
+                    s.generated = g
+                    s.decode_from = steps
+                    if g >= r.output_tokens:
+                        if finished is None:
+                            finished = []
+                        finished.append(s)
+                    else:
+                        s.decoding = True
+                        self.decoding += 1
+                        self.context += r.prompt_tokens + g
+                        s.finish_step = steps + r.output_tokens - g
+                        self.finish_at.setdefault(s.finish_step, []).append(s)
         if finished:
             self.finish_seqs(finished)
-        sim.idle = 0
         self.start_step()
 
     def finish_seqs(self, finished: list) -> None:

@@ -29,7 +29,7 @@ class RunResult:
         workload: the input.
         start: when service began (request mode) or the request was first admitted (iteration).
         first_token, finish: when the first token / the whole response was produced.
-        replica: which replica served each request (-1 if never routed).
+        replica: which replica served (or admitted) each request; -1 if it never started.
         busy_time: per replica, server-seconds (request mode) or step-seconds busy, counted only
             up to the stop time.
         up_time: per replica, seconds from start-up (or time 0) until it stopped or the run ended.
