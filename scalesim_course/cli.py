@@ -10,6 +10,7 @@ COMMANDS = {
     "bench": "scalesim_course.bench",
     "release": "scalesim_course.release",
     "grade": "scalesim_course.grading",
+    "serve": "scalesim_course.serve",  # imports fastapi, uvicorn and torch only when it runs
 }
 
 
