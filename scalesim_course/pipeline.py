@@ -59,7 +59,10 @@ class LRUCache:
     """
 
     def __init__(self, capacity: int, ttl: float = math.inf):
-        self.capacity = check_int("capacity", capacity, minimum=0)
+        if isinstance(capacity, bool) or not isinstance(capacity, (int, np.integer)) \
+                or capacity < 0:
+            raise ValueError(f"capacity must be an int >= 0, got {capacity!r}")
+        self.capacity = int(capacity)
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
             raise ValueError(f"ttl must be a number > 0 (math.inf: no expiry), got {ttl!r}")
         self.ttl = float(ttl)
@@ -547,3 +550,93 @@ def evaluate(config: PipelineConfig, seeds=(0,), *, held_out: bool = False,
         s["passes"] = s["meets_slo"] and s["within_budget"]
         out.append(s)
     return out
+
+
+# ----------------------------------------------------------------------------- figures
+def plot_where_time_goes(where: dict, ax=None, unit: str = "s",
+                         title: str = "Where the time goes"):
+    """Stacked bars, one per percentile, of the mean stage times (`where_time_goes`).
+
+    Args:
+        where: {percentile: {stage: seconds}}.
+    Returns:
+        the axes.
+    """
+    from .plots import PALETTE, _axes
+
+    ax = _axes(ax, title, "requests near the percentile of end-to-end latency",
+               f"mean time per stage ({unit})")
+    scale = 1e3 if unit == "ms" else 1.0
+    labels = [f"p{q:g}" for q in where]
+    bottom = np.zeros(len(where))
+    for k, stage in enumerate(STAGES):
+        h = np.array([where[q][stage] for q in where]) * scale
+        ax.bar(labels, h, bottom=bottom, color=PALETTE[k % len(PALETTE)], label=stage, width=0.5)
+        bottom += h
+    ax.legend(fontsize=9, loc="upper left")
+    return ax
+
+
+def plot_cache_sweep(sizes, hit_rates, p99s, slo: float | None = None, axes=None,
+                     title: str = "A bigger cache: more hits, a shorter tail"):
+    """Hit rate (left) and p99 end-to-end latency (right) against cache size.
+
+    Returns:
+        the two axes.
+    """
+    import matplotlib.pyplot as plt
+
+    from .plots import PALETTE
+
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 4))
+    x = np.maximum(np.asarray(sizes, dtype=float), 0.5)  # size 0 drawn at the left edge
+    axes[0].plot(x, np.asarray(hit_rates) * 100, "o-", color=PALETTE[0])
+    axes[0].set(xscale="log", xlabel="cache size (entries; 0 drawn at 0.5)",
+                ylabel="hit rate (%)", title="Hit rate")
+    axes[0].set_ylim(0, 100)
+    axes[1].plot(x, p99s, "o-", color=PALETTE[3], label="p99 end-to-end")
+    if slo is not None:
+        axes[1].axhline(slo, ls="--", color="#777777", lw=1, label=f"SLO {slo:g} s")
+    axes[1].set(xscale="log", xlabel="cache size (entries; 0 drawn at 0.5)",
+                ylabel="seconds", title="p99 end-to-end latency")
+    axes[1].set_ylim(0, None)
+    axes[1].legend(fontsize=9)
+    axes[0].figure.suptitle(title, fontweight="bold")
+    return axes
+
+
+def explorer(seed: int = 0, task: Capstone = CAPSTONE):
+    """ipywidgets: replicas, cache size, TTL and router; the stage bars and the verdict update."""
+    import ipywidgets as w
+    import matplotlib.pyplot as plt
+
+    from .widgets import explorer as make
+
+    wl = capstone_workload(seed, task=task)
+
+    def render(replicas, cache_size, cache_ttl, router):
+        cfg = PipelineConfig(replicas=replicas, cache_size=cache_size, cache_ttl=cache_ttl,
+                             router=router)
+        res = run_pipeline(wl, cfg, seed=seed)
+        s = res.summary(task.slo)
+        fig, ax = plt.subplots(figsize=(6, 4))
+        plot_where_time_goes(where_time_goes(res), ax=ax)
+        ax.set_ylim(0, max(task.slo.p99_e2e * 1.6, ax.get_ylim()[1]))
+        ax.axhline(task.slo.p99_e2e, ls="--", color="#777777", lw=1)
+        plt.show()
+        ok = s["replica_seconds"] <= task.max_replica_seconds
+        print(f"hit rate {s['hit_rate']:.0%}, p99 e2e {s['e2e_p99']:.1f} s (SLO "
+              f"{task.slo.p99_e2e:g}), goodput {s['goodput_share']:.0%} of offered, cost "
+              f"{s['replica_seconds']:.0f} replica-s (ceiling {task.max_replica_seconds:g}): "
+              f"{'meets the SLO' if s['meets_slo'] else 'misses the SLO'}, "
+              f"{'within' if ok else 'over'} budget")
+
+    controls = {"replicas": w.IntSlider(value=2, min=1, max=5, description="replicas"),
+                "cache_size": w.SelectionSlider(options=[0, 30, 100, 300, 1000, 3000, 5000],
+                                                value=300, description="cache entries"),
+                "cache_ttl": w.SelectionSlider(options=[10, 30, 60, 120, 300, 600], value=300,
+                                               description="TTL (s)"),
+                "router": w.Dropdown(options=list(ROUTERS), value="least_outstanding",
+                                     description="router")}
+    return make(controls, render, title="The pipeline against the capstone's SLO")

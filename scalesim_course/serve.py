@@ -33,6 +33,7 @@ Behaviour a client can rely on (tests/test_serve.py checks each):
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -74,7 +75,10 @@ class Engine:
     into free slots and prefill each (its first token), then decode one token for every
     sequence that was already running. One `costmodel.StepRecord` per step is logged, with the
     step's prefill tokens, decode sequences, context tokens and seconds, the quantities of
-    `sim`'s iteration mode.
+    `sim`'s iteration mode. A step followed at once by another lasts until the next one starts:
+    its seconds include handing the tokens to the web server and whatever else the process
+    did meanwhile (parsing requests, sending events), which is what a step costs in this
+    server. A step after which the engine goes idle keeps its compute time.
 
     Args:
         model: a `tinymodel.TinyTransformer`.
@@ -98,6 +102,7 @@ class Engine:
         self.last_activity = time.monotonic()
         self._next_id = 0
         self._stop = False
+        self._open = None   # (index in steps, start) of the step running back to back
         self.thread = threading.Thread(target=self._loop, name="engine", daemon=True)
 
     def start(self) -> "Engine":
@@ -150,10 +155,18 @@ class Engine:
         with torch.inference_mode():
             while True:
                 with self.cond:
+                    if not self.running and not self.waiting:
+                        self._open = None  # idle: the last step keeps its own duration
                     while not self._stop and not self.running and not self.waiting:
                         self.cond.wait(0.5)
                     if self._stop:
                         return
+                    if self._open is not None:
+                        # back to back: the previous step lasted until this one starts,
+                        # handing out its tokens and the server's other work included
+                        i, began = self._open
+                        self.steps[i] = self.steps[i]._replace(
+                            seconds=time.perf_counter() - began)
                     for slot, job in list(self.running.items()):
                         if job.cancelled:  # a disconnected client: free its KV slot now
                             del self.running[slot]
@@ -188,6 +201,7 @@ class Engine:
         from .costmodel import StepRecord
 
         with self.cond:
+            self._open = (len(self.steps), start)
             self.steps.append(StepRecord(sum(len(j.prompt) for j in admitted), len(decoding),
                                          context, seconds))
             for job, token in out:
@@ -465,12 +479,30 @@ class ServerProcess:
         self.port = 0
 
     def start(self) -> "ServerProcess":
+        """Start the process (again, if it has exited) and wait until it listens."""
+        if self.proc is not None and self.proc.poll() is not None:
+            self.proc, self.url, self.port = None, "", 0  # it stopped (idle): start afresh
+        if self.proc is None:
+            self.launch()
+        return self.wait_ready()
+
+    def launch(self) -> "ServerProcess":
+        """Start the process without waiting (it loads torch meanwhile); see `wait_ready`."""
+        if self.proc is not None:
+            raise RuntimeError("this ServerProcess was already launched")
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         env["PYTHONPATH"] = here + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen([sys.executable, "-m", "scalesim_course.cli", "serve",
                                       *self.args], stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, env=env)
+        _LIVE.add(self)
+        return self
+
+    def wait_ready(self) -> "ServerProcess":
+        """Wait for the "listening on" line; stop the process and raise if it does not come."""
+        if self.url:
+            return self
         deadline = time.monotonic() + self.start_timeout
         seen = []
         try:
@@ -497,6 +529,7 @@ class ServerProcess:
 
     def stop(self) -> int | None:
         """SIGTERM, then SIGKILL after 10 s; returns the exit code."""
+        _LIVE.discard(self)
         if self.proc is None:
             return None
         if self.proc.poll() is None:
@@ -517,3 +550,12 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+_LIVE: set = set()   # launched and not yet stopped; stopped when Python exits
+
+
+@atexit.register
+def _stop_all() -> None:
+    for proc in list(_LIVE):
+        proc.stop()
