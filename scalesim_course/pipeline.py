@@ -435,9 +435,9 @@ def _simulate_misses(workload, miss, looked_up, config, costs, step, kv, seed):
 
 
 def _replica_seconds(engine, config: PipelineConfig, costs: PipelineCosts) -> float:
-    """Replica-seconds billed: time up, plus the start-up of every replica added later."""
-    added = max(0, len(engine.up_time) - config.replicas)
-    return float(engine.up_time.sum() + added * costs.startup_delay)
+    """Replica-seconds billed: the engine's provisioned time (from each replica's scale-up
+    decision, or time 0, until it stopped or the run ended, start-up included)."""
+    return float(engine.provisioned_replica_seconds)
 
 
 # ----------------------------------------------------------------------------- accounting
