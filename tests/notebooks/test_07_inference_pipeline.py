@@ -325,7 +325,7 @@ def test_stage_breakdown_fair(book):
 # ----------------------------------------------------------------------------- Exercise 3
 def config(**fields) -> str:
     args = ", ".join(f"{k}={v!r}" for k, v in fields.items())
-    return f"def capstone_config():\n    return PipelineConfig({args})\n"
+    return f"def capstone_config(task):\n    return PipelineConfig({args})\n"
 
 
 CAPSTONE_WRONG = {
@@ -338,7 +338,14 @@ CAPSTONE_WRONG = {
                max_replicas=3, target_outstanding=48),
     "scrapes through on seed 0 only (short TTL)": config(replicas=2, cache_size=1000, cache_ttl=40),
     "a dict instead of a PipelineConfig":
-        "def capstone_config():\n    return {'replicas': 2, 'cache_size': 2000}\n",
+        "def capstone_config(task):\n    return {'replicas': 2, 'cache_size': 2000}\n",
+    "searches with the grader's evaluation when called":
+        "def capstone_config(task):\n"
+        "    for n in (1, 2, 3):\n"
+        "        cfg = PipelineConfig(replicas=n, cache_size=2000)\n"
+        "        if pipeline.evaluate(cfg, seeds=(0,), task=task)[0]['passes']:\n"
+        "            return cfg\n"
+        "    return PipelineConfig(replicas=3)\n",
     "a cache above MAX_CACHE": config(replicas=2, cache_size=10_000),
 }
 
