@@ -145,8 +145,8 @@ class LoadTestResult:
         out = {"rate": self.rate, "requests": len(self.records), "completed": int(ok.sum()),
                "failed": int((~ok).sum()), "wall_s": self.wall_time}
         span = self.span
-        out["requests_per_s"] = ok.sum() / span
-        out["output_tokens_per_s"] = sum(len(r.tokens) for r in self.records if r.ok) / span
+        out["requests_per_s"] = float(ok.sum() / span)
+        out["output_tokens_per_s"] = float(sum(len(r.tokens) for r in self.records if r.ok) / span)
         for name, values in (("ttft", self.ttft), ("tpot", self.tpot), ("itl", self.itl),
                              ("e2e", self.e2e)):
             if np.isnan(values).all() if len(values) else True:

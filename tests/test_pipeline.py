@@ -132,3 +132,14 @@ def test_capstone_levers_move_the_outcome():
     big = P.evaluate(P.PipelineConfig(replicas=4, cache_size=2000), seeds=(0,))[0]
     assert not no_cache["meets_slo"] and cached["passes"]
     assert big["meets_slo"] and not big["within_budget"]
+
+
+def test_explorer_builds_and_renders_once():
+    import ipywidgets as w
+    import matplotlib
+
+    matplotlib.use("Agg")
+    box = P.explorer(seed=0)
+    assert isinstance(box, w.HBox)
+    sliders = box.children[0].children[1:]
+    assert [c.description for c in sliders] == ["replicas", "cache entries", "TTL (s)", "router"]
