@@ -190,16 +190,17 @@ MAX_TTL = 600.0      # seconds: older answers count as stale (an assumption of t
 
 @dataclass(frozen=True)
 class PipelineCosts:
-    """The stated costs of the stages outside the model. Assumptions, not measurements:
+    """The stated costs of the stages outside the model: assumptions of this course, not
+    measurements. Replace them with measurements of your own front end.
 
     Args:
-        tokenize_per_token: front-end seconds per prompt token (5 microseconds: the order of
-            a byte-level BPE tokeniser in Python; measure your own front end).
-        cache_lookup: seconds per cache lookup (1 ms: a network round trip to a key-value
-            store in the same data centre).
-        startup_delay: seconds from a scale-up decision until the replica serves (loading a
-            7B model's 13.5 GB of weights and warming up).
-        model, gpu: the served model and GPU (`costmodel.RooflineCost`).
+        tokenize_per_token: front-end seconds per prompt token (assumed 5 microseconds).
+        cache_lookup: seconds per cache lookup (assumed 1 ms, a round trip to a key-value
+            store on the same network).
+        startup_delay: seconds from a scale-up decision until the replica serves (assumed
+            30 s for loading Llama-2-7B's 13.5 GB of FP16 weights, 6.7 B parameters x 2
+            bytes, and warming up).
+        model, gpu: the served model and GPU (`costmodel.RooflineCost`, sourced there).
     """
 
     tokenize_per_token: float = 5e-6
