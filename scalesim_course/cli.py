@@ -12,6 +12,7 @@ COMMANDS = {
     "bench": ("scalesim_course.bench", "Measure the simulator's speed against SimPy"),
     "release": ("scalesim_course.release", "Generate the learner notebooks from solutions/"),
     "grade": ("scalesim_course.grading", "Grade a notebook with its hidden tests"),
+    "serve": ("scalesim_course.serve", "Serve the tiny model over HTTP on localhost (OpenAI-style)"),
 }
 
 

@@ -94,7 +94,9 @@ def test_every_exercise_has_explanation_docstring_tests_and_points(name):
         assert nbgrader_meta(solution).get("solution"), f"{grade_id}: a solution cell comes first"
         assert explanation.cell_type == "markdown", grade_id
         assert explanation.source.startswith("## "), grade_id
-        assert re.search(r'def \w+\(.*\):\n    """', solution.source), f"{grade_id}: docstring"
+        # a function, or a class (notebook 07's cache), with a docstring
+        assert re.search(r'(def \w+\(.*\)|class \w+(\(.*\))?):\n    """', solution.source), \
+            f"{grade_id}: docstring"
         assert "Args:" in solution.source and "Returns:" in solution.source, grade_id
         assert cell.source.startswith("# Tests of") and "with silenced():" in cell.source, grade_id
         hidden = marked_regions(cell.source, "hidden")
