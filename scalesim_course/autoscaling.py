@@ -751,38 +751,50 @@ def outcomes(result, *, busy_seconds, slots: int, ttft_slo: float, tpot_slo: flo
 
 
 # ----------------------------------------------------------------------------- figures
-def fleet_figure(runs: dict, need: tuple | None = None, ax=None, hours: bool = True,
+def fleet_figure(runs: dict, need: tuple | None = None, axes=None, hours: bool = True,
                  title: str = "Replicas over the day"):
-    """Replicas asked for (up + starting) of each run as steps, scale events as ticks, and the
-    replicas the work needed as a shaded area.
+    """One panel per run: replicas asked for (up + starting) as steps with a tick at every
+    scaling event, replicas up as a thin line, and the replicas the work needed, shaded.
 
     Args:
         runs: label -> RunResult.
         need: (bin times, needed replicas) from `needed_replicas`, or None.
+        axes: one matplotlib Axes per run, or None for a new figure.
+    Returns:
+        The axes.
     """
     import matplotlib.pyplot as plt
 
     from . import plots
 
-    if ax is None:
-        _, ax = plt.subplots(figsize=(11, 4.2), layout="constrained")
+    if axes is None:
+        _, axes = plt.subplots(len(runs), 1, figsize=(11, 1.9 * len(runs) + 0.6), sharex=True,
+                               sharey=True, layout="constrained", squeeze=False)
+        axes = axes[:, 0]
+        axes[0].figure.suptitle(title, fontweight="bold")
     scale = 3600.0 if hours else 1.0
-    if need is not None:
-        bins, n = need
-        ax.fill_between(np.append(bins, bins[-1] + (bins[1] - bins[0] if len(bins) > 1 else 1))
-                        / scale, np.append(n, n[-1]), step="post", color="0.85",
-                        label="needed by the work (busy slots / slots)")
-    for i, (label, res) in enumerate(runs.items()):
+    for i, (ax, (label, res)) in enumerate(zip(axes, runs.items())):
+        if need is not None:
+            bins, n = need
+            width = bins[1] - bins[0] if len(bins) > 1 else 1.0
+            ax.fill_between(np.append(bins, bins[-1] + width) / scale, np.append(n, n[-1]),
+                            step="post", color="0.82", lw=0, label="needed by the work")
         t, up, st = fleet_series(res)
         colour = plots.PALETTE[i % len(plots.PALETTE)]
-        end = res.end_time
-        ax.step(np.append(t, end) / scale, np.append(up + st, (up + st)[-1]), where="post",
-                color=colour, lw=1.4, label=f"{label} ({scale_events(res)} scaling events)")
-        changes = np.flatnonzero(np.diff(up + st)) + 1
-        ax.plot(t[changes] / scale, (up + st)[changes], "|", color=colour, ms=7, alpha=0.7)
-    ax.set(xlabel="time of day (h)" if hours else "time (s)", ylabel="replicas", title=title)
-    ax.legend(fontsize=8, loc="upper left")
-    return ax
+        asked = up + st
+        end = max(res.end_time, t[-1])
+        ax.step(np.append(t, end) / scale, np.append(asked, asked[-1]), where="post",
+                color=colour, lw=1.3, label="asked for (up + starting)")
+        ax.step(np.append(t, end) / scale, np.append(up, up[-1]), where="post", color="k",
+                lw=0.6, alpha=0.6, label="up")
+        changes = np.flatnonzero(np.diff(asked)) + 1
+        ax.plot(t[changes] / scale, asked[changes], "|", color=colour, ms=6, alpha=0.8)
+        ax.set_title(f"{label}: {scale_events(res)} scaling events", fontsize=10, loc="left")
+        ax.set_ylabel("replicas")
+        if i == 0:
+            ax.legend(fontsize=8, loc="upper left", ncol=3)
+    axes[-1].set_xlabel("time of day (h)" if hours else "time (s)")
+    return axes
 
 
 def latency_over_time(runs: dict, ax=None, bin_seconds: float = 600.0, q: float = 99,
@@ -830,23 +842,30 @@ def cumulative_cost(runs: dict, ax=None, price_per_hour: float = PRICE_PER_REPLI
 
 
 def pareto_figure(points: dict, ax=None, title: str = "Cost against SLO violations"):
-    """One marker per policy (and setting): cost on x, share of requests missing the SLO on y.
+    """One marker per policy and setting: cost on x, share of requests missing the SLO on y.
 
     Args:
-        points: label -> list of (cost, violation share) pairs; several pairs of one label
-            (e.g. one per cold-start time) are joined by a line.
+        points: label -> list of (cost, violation share) or (cost, violation share, note)
+            tuples; several of one label (e.g. one per cold-start time) are joined by a line,
+            and a note is written beside its point.
     """
     import matplotlib.pyplot as plt
 
     from . import plots
 
     if ax is None:
-        _, ax = plt.subplots(figsize=(8, 4.6), layout="constrained")
+        _, ax = plt.subplots(figsize=(9, 4.8), layout="constrained")
     markers = "osD^vP*X"
     for i, (label, pts) in enumerate(points.items()):
-        xs, ys = zip(*pts)
-        ax.plot(xs, np.maximum(ys, 1e-4), marker=markers[i % len(markers)], ls="-" if len(pts)
-                > 1 else "", color=plots.PALETTE[i % len(plots.PALETTE)], label=label)
+        xs = [p[0] for p in pts]
+        ys = [p[1] for p in pts]
+        colour = plots.PALETTE[i % len(plots.PALETTE)]
+        ax.plot(xs, ys, marker=markers[i % len(markers)], ls="-" if len(pts) > 1 else "",
+                color=colour, label=label)
+        for p in pts:
+            if len(p) > 2 and p[2]:
+                ax.annotate(str(p[2]), (p[0], p[1]), textcoords="offset points", xytext=(6, 3),
+                            fontsize=7, color=colour)
     ax.set(yscale="log", xlabel="cost of the day ($)", ylabel="share of requests missing the SLO",
            title=title)
     ax.legend(fontsize=8)
@@ -872,10 +891,9 @@ def autoscaling_explorer(workload: Workload, cost: SlotCost, *, ttft_slo: float,
         res = run_day(workload, policy, cost, startup_delay=cold_start, replicas=2, seed=seed)
         out = outcomes(res, busy_seconds=busy, slots=cost.slots, ttft_slo=ttft_slo,
                        tpot_slo=tpot_slo)
-        _, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
-        fleet_figure({"HPA": res}, need, ax=ax,
-                     title=f"target {target_utilization:.0%} of {cost.slots} slots, window "
-                           f"{window:g} s, cold start {cold_start:g} s")
+        _, ax = plt.subplots(figsize=(9, 3.2), layout="constrained")
+        fleet_figure({f"HPA, target {target_utilization:.0%} of {cost.slots} slots, window "
+                      f"{window:g} s, cold start {cold_start:g} s": res}, need, axes=[ax])
         plt.show()
         print(f"cost ${out['cost']:.2f}   SLO missed by {1 - out['slo_attainment']:.2%} of "
               f"requests   TTFT p99 {out['ttft_p99']:.1f} s   {out['scale_events']} scaling "
