@@ -868,7 +868,7 @@ def pareto_figure(points: dict, ax=None, title: str = "Cost against SLO violatio
                             fontsize=7, color=colour)
     ax.set(yscale="log", xlabel="cost of the day ($)", ylabel="share of requests missing the SLO",
            title=title)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")
     return ax
 
 

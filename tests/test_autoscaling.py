@@ -219,3 +219,26 @@ def test_autoscaled_day_counts_start_up_in_cost_and_is_reproducible():
     assert out["scale_events"] > 0
     # paid for at least the slot-seconds of work done, spread over at most 2 slots a replica
     assert out["replica_hours"] * 3600 >= busy.sum() / 2
+
+
+def test_kpa_scales_to_zero_in_the_engine_and_held_requests_wait_a_cold_start():
+    # two requests 1000 s apart; between them the KPA (min 0) removes the last replica after
+    # 60 s without traffic plus 30 s of grace, so the second request waits the 50 s cold start
+    wl = Workload.build([0.0, 1000.0], service_time=[1.0, 1.0])
+    pol = A.KPA(target=1, utilization=1.0, min_replicas=0)
+    res = sim.simulate(wl, servers=1, autoscaler=pol, autoscale_interval=pol.interval,
+                       startup_delay=50.0, replicas=1, min_replicas=0)
+    assert res.latency[0] == pytest.approx(1.0)
+    assert res.latency[1] == pytest.approx(50.0 + 1.0, abs=pol.interval)
+    assert A.scale_events(res) >= 2
+    # paid: about 1 + 60 + 30 s for the first replica, then the second from its request on
+    assert A.provisioned_replica_seconds(res) < 300.0
+
+
+def test_explorer_builds_and_renders_once():
+    pytest.importorskip("ipywidgets")
+    import matplotlib
+    matplotlib.use("Agg")
+    wl = A.traffic(diurnal_rate(0.05, 0.5, period=3600.0), duration=3600.0, seed=1)
+    box = A.autoscaling_explorer(wl, A.SlotCost(slots=2), ttft_slo=5.0, tpot_slo=1.0)
+    assert len(box.children) == 2
