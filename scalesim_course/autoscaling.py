@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 
