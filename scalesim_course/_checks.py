@@ -59,3 +59,42 @@ def rng_from(seed) -> np.random.Generator:
     if isinstance(seed, bool) or not isinstance(seed, (numbers.Integral, type(None))):
         raise TypeError(f"seed must be an int or numpy Generator, got {type(seed).__name__}")
     return np.random.default_rng(seed)
+
+
+# ----------------------------------------------------------------------------- policy outputs
+class NoProgressError(RuntimeError):
+    """A simulation that cannot go on: a policy keeps the requests it holds from being served."""
+
+
+def policy_name(policy) -> str:
+    """A readable name for a policy, cost model or KV manager, for error messages."""
+    name = getattr(policy, "__qualname__", None)
+    if isinstance(name, str) and not isinstance(policy, type):
+        return name.rpartition("<locals>.")[2]
+    text = repr(policy)
+    return type(policy).__qualname__ if text.startswith("<") else text
+
+
+def bad_output(role: str, policy, value, must: str, exc=ValueError, method: str = ""):
+    """Raise `exc` in the one message style for a bad policy or cost output.
+
+    "<role> <policy name>[.<method>()] returned <value>: <what it must be>"
+    """
+    where = f".{method}()" if method else ""
+    raise exc(f"{role} {policy_name(policy)}{where} returned {value!r}: {must}")
+
+
+def is_int(value) -> bool:
+    """A real integer (Python or numpy), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def check_duration(role: str, policy, value, *, zero_ok: bool = False, method: str = ""
+                   ) -> float:
+    """A policy's or cost's answer in seconds: a finite number > 0 (>= 0 if zero_ok)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        bad_output(role, policy, value, "it must be a number of seconds", TypeError, method)
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero_ok):
+        bad_output(role, policy, value, "it must be finite and "
+                   + (">= 0 seconds" if zero_ok else "> 0 seconds"), ValueError, method)
+    return value

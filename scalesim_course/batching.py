@@ -12,8 +12,9 @@ Three kinds of function live here, and notebook 02 asks learners to write the mi
   function through a whole workload without the simulator and checks every invariant;
 * **helpers for the notebook**: `scoring_workload` (short one-pass requests), `batches_in_order`
   and `bucketed_batches`, `batch_sizes` and `request_batches` of a run, `slot_timeline` (who held
-  which batch slot when, for `plots.slot_timeline`), and two costs that time a batch the way
-  `tinymodel` runs it, `StaticBatchCost` and `SplitStepCost`, with `request_offsets`.
+  which batch slot when, for `plots.slot_timeline`), and `request_offsets`. The two costs that
+  time a batch the way `tinymodel` runs it, `StaticBatchCost` and `SplitStepCost`, live with
+  the cost models in `costmodel` and are re-exported here.
 
 Conventions: a request's "length" is its number of prompt tokens; a sequence's KV reservation
 is prompt + output tokens, held from admission until it finishes (as the simulator reserves it).
@@ -26,6 +27,7 @@ from typing import Callable, Iterable, NamedTuple, Optional, Sequence, Union
 import numpy as np
 
 from ._checks import check_int, check_non_negative, check_positive, rng_from
+from .costmodel import SplitStepCost, StaticBatchCost, _WrapsStepCost  # noqa: F401 (moved)
 from .sim import BatchDecision
 from .workload import Workload, lognormal_lengths, poisson_arrivals
 
@@ -384,8 +386,9 @@ def scheduler_from_step(step: Callable) -> Callable:
     ``simulate(wl, mode="iteration", kv_capacity=..., scheduler=scheduler_from_step(step))``;
     kv_capacity must be set.
 
-    Note: the simulator's `Running.generated` is 1 from the first token on (it does not count
-    later tokens), so a step function must not rely on it beyond "finished or not".
+    The running sequences carry `Running.generated`, the output tokens produced so far
+    (it counts up by one per step from the first token on); since finished sequences have
+    already left, every one the step function sees has generated < output_tokens.
     """
     if not callable(step):
         raise TypeError(f"step must be callable, got {type(step).__name__}")
@@ -581,60 +584,6 @@ def slot_timeline(result, mode: str, cost=None) -> list[SlotRow]:
     return rows
 
 
-class _WrapsStepCost:
-    """A cost built on another cost's ``step_time``."""
-
-    def __init__(self, step_cost):
-        if not hasattr(step_cost, "step_time"):
-            raise TypeError(f"step_cost needs a step_time(prefill_tokens, decode_seqs, "
-                            f"context_tokens) method, got {step_cost!r}")
-        self.step_cost = step_cost
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.step_cost!r})"
-
-
-class StaticBatchCost(_WrapsStepCost):
-    """Request-level timing of a static batch from an engine-step cost, run the simple way.
-
-    Each prompt is prefilled in its own model call (no padding), then all b sequences decode
-    together until the longest is done; a finished sequence keeps its slot and rides along
-    (computed, output discarded), its cache no longer growing. This is how
-    `tinymodel.generate_static` runs a group, so with a `LinearStepCost` fitted to its step
-    records the simulator can predict it. (`LinearStepCost.batch_timing` instead prefills the
-    batch padded to its longest prompt in one pass.)
-
-    Decode step j (j = 1 .. longest - 1) sees context sum_i (P_i + min(j - 1, O_i - 1)) tokens.
-    The first-token offset returned is when the last prompt's prefill ends.
-
-    Args:
-        step_cost: an object with ``step_time(prefill_tokens, decode_seqs, context_tokens)``.
-    """
-
-    def request_offsets(self, prompt_tokens, output_tokens) -> tuple[np.ndarray, np.ndarray]:
-        """Per request, seconds from the batch's start to its first and to its last token."""
-        prompts = [int(p) for p in prompt_tokens]
-        outputs = [int(o) for o in output_tokens]
-        if not prompts or len(prompts) != len(outputs):
-            raise ValueError(f"prompt_tokens and output_tokens must be non-empty and of equal "
-                             f"length, got {len(prompts)} and {len(outputs)}")
-        step = self.step_cost.step_time
-        firsts = np.cumsum([step(p, 0, 0) for p in prompts])  # one prefill call after another
-        b, context = len(prompts), sum(prompts)
-        ends = [float(firsts[-1])]  # ends[j]: when decode step j is over (step 0: prefills)
-        for j in range(1, max(outputs)):
-            ends.append(ends[-1] + step(0, b, context))
-            context += sum(1 for o in outputs if o - 1 >= j)  # those still growing
-        outs = np.asarray(outputs)
-        dones = np.where(outs == 1, firsts, np.asarray(ends)[outs - 1])
-        return firsts, dones
-
-    def batch_timing(self, prompt_tokens, output_tokens) -> tuple[float, float]:
-        """(seconds to the last first token, seconds busy) for one static batch."""
-        firsts, dones = self.request_offsets(prompt_tokens, output_tokens)
-        return float(firsts[-1]), float(max(dones.max(), firsts[-1]))
-
-
 def request_offsets(cost, prompt_tokens, output_tokens) -> tuple[np.ndarray, np.ndarray]:
     """Per request of one static batch, seconds from the batch's start to its first and last token.
 
@@ -656,24 +605,3 @@ def request_offsets(cost, prompt_tokens, output_tokens) -> tuple[np.ndarray, np.
     steps = [cost.step_time(0, b, b * (p + k)) for k in range(1, int(outputs.max()))]
     ends = first + np.concatenate([[0.0], np.cumsum(steps)])
     return np.full(len(prompts), first), np.minimum(ends[outputs - 1], busy)
-
-
-class SplitStepCost(_WrapsStepCost):
-    """An engine-step cost for a server that runs a step's prefill and its decode as two model
-    calls, as `tinymodel.generate_continuous` does (a prefill call, then a decode call):
-
-        step_time(p, d, c) = cost(p, 0, 0) [if p > 0] + cost(0, d, c) [if d > 0].
-
-    With a `LinearStepCost` fitted to measured calls, each call then pays the fixed cost `a`,
-    as it does in the measured run. (Prompts that join in the same step still share one prefill
-    call here, where the tiny model makes one call per prompt.)
-
-    Args:
-        step_cost: an object with ``step_time(prefill_tokens, decode_seqs, context_tokens)``.
-    """
-
-    def step_time(self, prefill_tokens: int, decode_seqs: int, context_tokens: int) -> float:
-        """Seconds for a prefill call (if any prompt tokens) plus a decode call (if any)."""
-        step = self.step_cost.step_time
-        return ((step(prefill_tokens, 0, 0) if prefill_tokens else 0.0)
-                + (step(0, decode_seqs, context_tokens) if decode_seqs else 0.0))

@@ -7,7 +7,11 @@ import pytest
 from scalesim_course import batching, costmodel, sim
 from scalesim_course.workload import Workload, load_azure_trace, poisson_workload
 
-CONV = Path(__file__).resolve().parents[2] / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+# the shared traces sit next to the checkout (or next to a parent folder of a worktree)
+CONV = next((p / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv"
+             for p in Path(__file__).resolve().parents
+             if (p / "shared" / "traces" / "AzureLLMInferenceTrace_conv.csv").exists()),
+            Path(__file__).resolve().parents[2] / "shared" / "traces" / "missing.csv")
 
 
 def ConstantStep(d=1.0):
