@@ -31,12 +31,13 @@ c.CourseDirectory.release_directory = "notebooks"  # learner versions, generated
 c.ClearSolutions.code_stub = {"python": "# YOUR CODE HERE\nraise NotImplementedError()"}
 c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 
-# Seconds each cell of a submission may run; a cell past it is interrupted and its exercise
-# scores 0 (the rest is still graded).  The course's longest cell takes a few seconds on a
-# 2-core machine (tests/test_class_flow.py checks it stays under a quarter of this), and an
-# endless loop costs this once per cell that calls the looping function (two or three), so
-# keep it short.  `scalesim-course grade --timeout` and `--Execute.timeout=S` override it.
-c.Execute.timeout = 30
+# Seconds each cell of a submission may run on the hub; a cell past it is interrupted and its
+# exercise scores 0 (the rest is still graded).  The course's longest cell takes under 10 s on a
+# busy 2-core machine (tests/test_class_flow.py checks every measured cell stays under a
+# quarter of this).  An endless loop costs this once per cell that calls the looping function
+# (two or three), so keep it short: 60 s, not nbgrader's 120.  `--Execute.timeout=S` overrides
+# it for one run; `scalesim-course grade` sets its own limits per cell.
+c.Execute.timeout = 60
 # Keep the kernel's own start-up warnings out of the graders' logs.
 c.Execute.extra_arguments = ["--IPKernelApp.log_level=ERROR"]
 

@@ -405,5 +405,11 @@ def test_the_timeout_fits_the_course_and_autograde_time_is_printed(klass):
           f"{LOOP_TIMEOUT_S} s timeout; a class of 200 ~ "
           f"{200 * klass.autograde_seconds / graded / 60:.0f} min")
     assert first is not None, "no execution timing in the autograded notebook"
-    assert longest * 3 <= timeout, (f"the longest cell took {longest:.1f} s: "
-                                    f"Execute.timeout = {timeout} leaves too little margin")
+    measured = {f"{ASSIGNMENT} (this run)": longest}
+    for path in sorted(REPO.glob("solutions/*/cell_times.json")):  # `release --time` writes them
+        cells = json.loads(path.read_text()).get("cells", {})
+        if cells:
+            measured[path.parent.name] = max(float(v) for v in cells.values())
+    slow = {name: s for name, s in measured.items() if s * 4 > timeout}
+    assert slow == {}, (f"Execute.timeout = {timeout} s is under 4x the longest cell of "
+                        f"{slow}: raise it in nbgrader_config.py and the instructor guide")

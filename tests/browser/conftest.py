@@ -178,12 +178,19 @@ def lab(tmp_path_factory):
            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
            "SCALESIM_COURSE_ROOT": str(REPO)}
     env.pop("JUPYTERHUB_API_TOKEN", None)
-    cmd = [sys.executable, "-m", "jupyterlab", "--no-browser",
-           "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
-           "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-           f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={tmp / 'settings'}",
-           f"--LabApp.workspaces_dir={tmp / 'workspaces'}", "--LabApp.expose_app_in_browser=True",
-           "--ServerApp.open_browser=False", "--allow-root"]
+    flags = ["--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+             "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
+             f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={tmp / 'settings'}",
+             f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
+             "--LabApp.expose_app_in_browser=True", "--allow-root"]
+    # `./course.sh lab` itself where this Python is the venv course.sh made (CI, and anyone who
+    # ran ./course.sh test), its later flags winning; else the same JupyterLab from this venv
+    # (running course.sh from another venv would install the package into a new .venv).
+    if (REPO / "course.sh").is_file() and Path(sys.prefix).resolve() == (REPO / ".venv").resolve():
+        cmd = ["bash", str(REPO / "course.sh"), "lab", *flags]
+    else:
+        cmd = [sys.executable, "-m", "jupyterlab", *flags]
+    print(f"starting JupyterLab: {' '.join(cmd[:3])} ... on 127.0.0.1:{port}")
     log = tmp / "jupyterlab.log"
     with open(log, "w") as out:
         process = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=root)
@@ -216,8 +223,9 @@ def page(browser, lab):
     context = browser.new_context(viewport={"width": 1400, "height": 2400})
     tab = context.new_page()
     tab.set_default_timeout(60_000)
-    tab.goto(f"{lab.url}/lab?token={lab.token}")
+    tab.goto(f"{lab.url}/lab/workspaces/browser-tests?reset&token={lab.token}")
     tab.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell")
+    tab.evaluate("() => window.jupyterapp.restored")
     try:
         yield tab
     finally:
@@ -288,11 +296,24 @@ _CELLS = """() => {
 }"""
 
 
+_OPEN = """async (path) => {
+  const app = window.jupyterapp;
+  for (const w of Array.from(app.shell.widgets('main'))) {
+    if (w.context && w.context.model) w.context.model.dirty = false;  // no "save?" dialog
+    w.close();
+  }
+  await app.commands.execute('docmanager:open', {path, factory: 'Notebook'});
+}"""
+
+
 def open_notebook(page, lab: Lab, relpath: str) -> None:
-    """Open `relpath` (relative to the server's root) in a fresh workspace; wait for its kernel."""
-    workspace = re.sub(r"\W", "-", relpath)
-    page.goto(f"{lab.url}/lab/workspaces/{workspace}/tree/{relpath}?reset")
+    """Open `relpath` (relative to the server's root) in the page's JupyterLab; wait for its kernel.
+
+    The previous notebook's tab is closed first (its kernel is already stopped), so one page
+    serves the whole session without reloading JupyterLab.
+    """
     page.wait_for_function("() => window.jupyterapp && window.jupyterapp.shell")
+    page.evaluate(_OPEN, relpath)
     page.wait_for_function(_WAIT_READY, arg=relpath, timeout=90_000)
 
 
@@ -385,7 +406,7 @@ def run_notebook(page, lab: Lab, relpath: str, shot: Path | None = None) -> Note
         open_notebook(page, lab, relpath)
         phases = {"open": lap()}
         run_all(page, started + RUN_TIMEOUT_S)
-        page.wait_for_timeout(500)  # let the last outputs and widget views render
+        page.wait_for_timeout(300)  # let the last outputs and widget views render
         run = NotebookRun(relpath, page.evaluate(_CELLS))
         phases["run"] = lap()
         move_sliders(page, run)
@@ -435,7 +456,7 @@ def problems(run: NotebookRun, *, learner: bool) -> list[str]:
         if cell["type"] != "code":
             continue
         where = run.where(cell)
-        calls_exercise = any(re.search(rf"\b{name}\(", cell["source"]) for name in exercises)
+        calls_exercise = any(re.search(rf"\b{name}\b", cell["source"]) for name in exercises)
         for out in cell["outputs"]:
             kind = out.get("output_type")
             if kind == "error":
