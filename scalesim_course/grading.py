@@ -18,6 +18,7 @@ re-exported here so that `from scalesim_course.grading import grade, silenced` k
 from __future__ import annotations
 
 import argparse
+import atexit
 import html
 import json
 import os
@@ -264,7 +265,7 @@ def _grade_in(tmp: Path, path: Path, nb, root: Path, name: str, timeout, html_pa
               progress: bool = False) -> GradeReport:
     """Generate the assignment into a temporary course, autograde the notebook, read the scores."""
     import nbformat
-    from nbgrader.converters import Autograde, GenerateAssignment
+    from nbgrader.converters import Autograde
 
     from ._nbgrader import SOURCE_DIR, run_converter
 
@@ -280,7 +281,7 @@ def _grade_in(tmp: Path, path: Path, nb, root: Path, name: str, timeout, html_pa
                     ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
     config = _temp_config(root, tmp, name, timeout)
     lap("set-up")
-    run_converter(GenerateAssignment, config, "generate_assignment", force=True)
+    _generate(config, root, tmp, name)
     lap("generate_assignment")
     released = nbformat.read(str(tmp / "release" / name / f"{name}.ipynb"), as_version=4)
     source = nbformat.read(str(tmp / "source" / name / f"{name}.ipynb"), as_version=4)
@@ -310,6 +311,35 @@ def _grade_in(tmp: Path, path: Path, nb, root: Path, name: str, timeout, html_pa
     lap("report")
     report.steps = steps
     return report
+
+
+_GENERATED: dict[tuple, Path] = {}  # (course, assignment, source files) -> generated copy
+
+
+def _generate(config, root: Path, tmp: Path, name: str) -> None:
+    """nbgrader's generate_assignment into the temporary course, once per process and version
+    of the assignment's source: later gradings copy its release and gradebook (a second
+    saved)."""
+    from nbgrader.converters import GenerateAssignment
+
+    from ._nbgrader import SOURCE_DIR, run_converter
+
+    folder = root / SOURCE_DIR / name
+    files = sorted(p for p in folder.rglob("*") if p.is_file()
+                   and ".ipynb_checkpoints" not in p.parts and "__pycache__" not in p.parts)
+    key = (str(root), name, tuple((str(p), p.stat().st_mtime_ns, p.stat().st_size)
+                                  for p in files))
+    cached = _GENERATED.get(key)
+    if cached is not None and (cached / "gradebook.db").is_file():
+        shutil.copyfile(cached / "gradebook.db", tmp / "gradebook.db")
+        shutil.copytree(cached / "release", tmp / "release")
+        return
+    run_converter(GenerateAssignment, config, "generate_assignment", force=True)
+    keep = Path(tempfile.mkdtemp(prefix="scalesim-generated-"))
+    atexit.register(shutil.rmtree, keep, ignore_errors=True)
+    shutil.copyfile(tmp / "gradebook.db", keep / "gradebook.db")
+    shutil.copytree(tmp / "release", keep / "release")
+    _GENERATED[key] = keep
 
 
 MIN_TIMEOUT = 10.0      # seconds: the least a cell gets when learners grade themselves

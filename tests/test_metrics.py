@@ -161,3 +161,10 @@ def test_goodput_never_exceeds_throughput_on_a_simulated_overload():
                            kv_capacity=llm.max_kv_tokens(), seed=3)
         good = m.run_goodput(run, ttft_slo=1.0, tpot_slo=0.05)
         assert good <= m.throughput(run)["requests_per_s"] + 1e-12
+
+
+def test_histogram_quantile_q0_over_an_empty_first_bucket_is_its_lower_end():
+    # Prometheus computes 0 / 0 there (NaN); the course settles it as the bucket's lower end, 0.
+    assert m.histogram_quantile(0.0, [1.0, 2.0, math.inf], [0, 3, 3]) == 0.0
+    # and by hand elsewhere: rank 0.5 * 8 = 4 in (1, 2] holding 6 - 2 = 4: 1 + (4 - 2) / 4 = 1.5
+    assert m.histogram_quantile(0.5, [1.0, 2.0, math.inf], [2, 6, 8]) == pytest.approx(1.5)
