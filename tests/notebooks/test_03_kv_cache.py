@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from answers import ExerciseNotebook, assert_fair, stub
+from answers import ExerciseNotebook, assert_caught_visibly, assert_fair, stub
 
 ASSIGNMENT = "03_kv_cache"
 
@@ -62,16 +62,32 @@ KV_WRONG = {
 }
 
 
+KV_PACKAGE = '''
+def kv_cache_bytes(model, seq_lens, dtype="fp16"):
+    """Args: model, seq_lens, dtype. Returns: bytes."""
+    return kvcache.kv_cache_bytes(model, seq_lens, dtype)
+'''
+# the common mistakes the visible tests catch before grading
+KV_VISIBLE = ["query heads", "no factor 2 for K and V", "bits instead of bytes", "fp8 as two bytes",
+              "no negative check", "padded to the longest", "refuses empty input", "untouched"]
+
+
 def test_kv_cache_bytes_is_fair(book):
     ref = book.reference("kv_cache_bytes")
     wrong = {label: mutate(ref, edit) for label, edit in KV_WRONG.items()}
     wrong["padded to the longest"] = mutate(
         ref, ("    return per_token * tokens", "    lens = list(seq_lens)\n"
               "    return per_token * len(lens) * max(lens, default=0)"))
-    wrong["crashes on empty input"] = mutate(
-        ref, ("    tokens = 0\n", "    tokens = 0\n    assert len(seq_lens) > 0\n"))
+    wrong["refuses empty input"] = mutate(
+        ref, ("    tokens = 0\n", "    tokens = 0\n    if len(seq_lens) == 0:\n        raise ValueError('no sequences')\n"))
+    wrong["seq_lens sorted in place"] = mutate(ref, ("    tokens = 0\n", "    tokens = 0\n    seq_lens.sort()\n"))
+    wrong["the package's bytes per token"] = mutate(
+        ref, ("    per_token = 2 * model.n_layers * model.n_kv_heads * model.head_dim * sizes[dtype]",
+              "    per_token = int(kvcache.kv_bytes_per_token(model, dtype))"))
+    wrong["the package's function"] = KV_PACKAGE
     wrong["untouched"] = stub()
-    assert_fair(book, "kv_cache_bytes", wrong, KV_RIGHT)
+    assert_fair(book, "kv_cache_bytes", wrong, KV_RIGHT, explained=True)
+    assert_caught_visibly(book, "kv_cache_bytes", wrong, KV_VISIBLE)
 
 
 # ----------------------------------------------------------------------------- Exercise 2
@@ -117,6 +133,10 @@ ATTN_WRONG = {
 }
 
 
+ATTN_VISIBLE = ["no 1/sqrt(d) scaling", "divides by d", "GQA heads interleaved (repeat)",
+                "new token prepended", "softmax over heads", "untouched"]
+
+
 def test_decode_attention_is_fair(book):
     ref = book.reference("decode_attention")
     wrong = {}
@@ -129,8 +149,17 @@ def test_decode_attention_is_fair(book):
     wrong["float32 arithmetic"] = mutate(
         ref, ("scores = torch.einsum(\"htd,hd->ht\", k_h, q)",
               "scores = torch.einsum(\"htd,hd->ht\", k_h.float(), q.float()).to(q.dtype)"))
+    wrong["scales the caller's q in place"] = mutate(
+        ref, ("    n_heads, head_dim = q.shape\n", "    n_heads, head_dim = q.shape\n    q /= math.sqrt(head_dim)\n"),
+        (" / math.sqrt(head_dim)\n", "\n"))
+    wrong["the package's function"] = '''
+def decode_attention(q, k_cache, v_cache, k_new, v_new):
+    """Args: ... Returns: (out, k, v)."""
+    return kvcache.decode_attention(q, k_cache, v_cache, k_new, v_new)
+'''
     wrong["untouched"] = stub()
-    assert_fair(book, "decode_attention", wrong, ATTN_RIGHT)
+    assert_fair(book, "decode_attention", wrong, ATTN_RIGHT, explained=True)
+    assert_caught_visibly(book, "decode_attention", wrong, ATTN_VISIBLE)
 
 
 # ----------------------------------------------------------------------------- Exercise 3
@@ -343,9 +372,58 @@ ALLOC_WRONG = {
 }
 
 
+ALLOC_VISIBLE = ["blocks_needed off by one (floor + 1)", "blocks_needed floors", "no copy-on-write",
+                 "fork does not count references", "free returns shared blocks too",
+                 "double free ignored", "allocate takes blocks before checking", "untouched"]
+
+
 def test_block_allocator_is_fair(book):
     ref = book.reference("BlockAllocator")
     wrong = {label: mutate(ref, *(edit if isinstance(edit[0], tuple) else (edit,)))
              for label, edit in ALLOC_WRONG.items()}
+    wrong["subclasses the package's allocator"] = '''
+def blocks_needed(n_tokens, block_size):
+    """Args: n_tokens, block_size. Returns: blocks."""
+    return -(-n_tokens // block_size)
+
+
+class BlockAllocator(kvcache.BlockAllocator):
+    """Args: n_blocks, block_size."""
+'''
+    wrong["delegates to the package's allocator"] = '''
+def blocks_needed(n_tokens, block_size):
+    """Args: n_tokens, block_size. Returns: blocks."""
+    return -(-n_tokens // block_size)
+
+
+class BlockAllocator:
+    """Args: n_blocks, block_size."""
+
+    def __init__(self, n_blocks, block_size):
+        self.n_blocks, self.block_size = n_blocks, block_size
+        self.inner = kvcache.BlockAllocator(n_blocks, block_size)
+
+    def allocate(self, seq_id, n_tokens):
+        return self.inner.allocate(seq_id, n_tokens)
+
+    def append(self, seq_id):
+        self.inner.append(seq_id)
+
+    def fork(self, parent_id, child_id):
+        self.inner.fork(parent_id, child_id)
+
+    def free(self, seq_id):
+        self.inner.free(seq_id)
+
+    def block_table(self, seq_id):
+        return self.inner.block_table(seq_id)
+
+    def num_free(self):
+        return self.inner.num_free()
+
+    def utilisation(self):
+        return self.inner.utilisation()
+'''
     wrong["untouched"] = stub()
-    assert_fair(book, "BlockAllocator", wrong, ALLOC_RIGHT)
+    assert_fair(book, "BlockAllocator", wrong, ALLOC_RIGHT, explained=True)
+    assert_caught_visibly(book, "BlockAllocator", wrong, ALLOC_VISIBLE)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from answers import ExerciseNotebook, assert_fair, stub
+from answers import ExerciseNotebook, assert_caught_visibly, assert_fair, stub
 
 ASSIGNMENT = "04_load_balancing"
 
@@ -118,7 +118,9 @@ def least_outstanding(request, replicas, rng):
 
 
 def test_least_outstanding_refuses_wrong_answers_and_accepts_right_ones(book):
-    assert_fair(book, "least_outstanding", LEAST_WRONG, LEAST_RIGHT)
+    assert_fair(book, "least_outstanding", LEAST_WRONG, LEAST_RIGHT, explained=True)
+    # the common mistakes fail in the visible tests, where the learner reads why before grading
+    assert_caught_visibly(book, "least_outstanding", LEAST_WRONG, ['lowest index on ties', 'highest index on ties', 'counts only the queue, not requests in service', 'returns a position in the tied list, not a replica', 'off by one: never picks the last tied replica', 'untouched stub'])
 
 
 # ----------------------------------------------------------------------------- Exercise 2
@@ -179,6 +181,19 @@ def power_of_d(request, replicas, rng, d=2):
     sample = rng.choice(len(replicas), size=min(d, len(replicas)), replace=False)
     return int(min(sample, key=lambda i: replicas[i].outstanding))
 ''',
+    "one replica answered before d is checked": '''
+def power_of_d(request, replicas, rng, d=2):
+    if len(replicas) == 1:
+        return 0
+    if d < 1:
+        raise ValueError("d must be >= 1")
+    sample = rng.choice(len(replicas), size=min(d, len(replicas)), replace=False)
+    best = int(sample[0])
+    for i in sample[1:]:
+        if replicas[int(i)].outstanding < replicas[best].outstanding:
+            best = int(i)
+    return best
+''',
     "borrows the package's reference": '''
 def power_of_d(request, replicas, rng, d=2):
     return routing.power_of_d(request, replicas, rng, d)
@@ -225,7 +240,9 @@ def power_of_d(request, replicas, rng, d=2):
 
 
 def test_power_of_d_refuses_wrong_answers_and_accepts_right_ones(book):
-    assert_fair(book, "power_of_d", POWER_WRONG, POWER_RIGHT)
+    assert_fair(book, "power_of_d", POWER_WRONG, POWER_RIGHT, explained=True)
+    # the common mistakes fail in the visible tests, where the learner reads why before grading
+    assert_caught_visibly(book, "power_of_d", POWER_WRONG, ['samples with replacement', 'fails when d is larger than the fleet', 'ignores d: always the least loaded of all', 'off by one: never samples the last replica', "accepts d = 0 as 'ask one'", 'untouched stub'])
 
 
 # ----------------------------------------------------------------------------- Exercise 3
@@ -433,4 +450,6 @@ def smooth_weighted_round_robin(weights):
 
 
 def test_smooth_weighted_round_robin_refuses_wrong_answers_and_accepts_right_ones(book):
-    assert_fair(book, "smooth_weighted_round_robin", SWRR_WRONG, SWRR_RIGHT)
+    assert_fair(book, "smooth_weighted_round_robin", SWRR_WRONG, SWRR_RIGHT, explained=True)
+    # the common mistakes fail in the visible tests, where the learner reads why before grading
+    assert_caught_visibly(book, "smooth_weighted_round_robin", SWRR_WRONG, ['plain weighted round robin (bursts)', 'ties go to the highest index', 'subtracts its own weight, not the total', 'forgets its state between calls', 'random in proportion to the weights', 'untouched stub'])

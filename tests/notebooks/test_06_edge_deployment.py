@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from answers import ExerciseNotebook, assert_fair, stub
+from answers import ExerciseNotebook, assert_caught_visibly, assert_fair, stub
 
 ASSIGNMENT = "06_edge_deployment"
 
@@ -171,6 +171,17 @@ def magnitude_prune(weight, sparsity):
     cut = w.abs().flatten().kthvalue(k).values
     w[w.abs() <= cut] = 0
     return w
+''',
+    "empty tensor returned before checking the sparsity": '''
+def magnitude_prune(weight, sparsity):
+    flat = weight.detach().flatten().clone()
+    if flat.numel() == 0:
+        return flat.reshape(weight.shape)
+    if not 0 <= sparsity <= 1:
+        raise ValueError("sparsity must be in [0, 1]")
+    k = round(sparsity * flat.numel())
+    flat[torch.argsort(flat.abs(), stable=True)[:k]] = 0
+    return flat.reshape(weight.shape)
 ''',
     "threshold with <: misses the k-th": '''
 def magnitude_prune(weight, sparsity):
@@ -439,6 +450,40 @@ def fit_models(models, device, min_accuracy):''' + _FIT_BODY + '''
     best = min(fits, key=lambda n: (models[n]["latency_s"], -models[n]["accuracy"]), default=None)
     return fits, reasons, best
 ''',
+    "no models: returns before checking the quality bar": '''
+def fit_models(models, device, min_accuracy):
+    if not models:
+        return [], {}, None
+    if not 0 <= min_accuracy <= 1:
+        raise ValueError("min_accuracy")
+    fits, reasons = [], {}
+    for name, m in models.items():
+        failed = [c for c, ok in (("storage", m["size_bytes"] <= device["storage_bytes"]),
+                                  ("memory", m["memory_bytes"] <= device["memory_bytes"]),
+                                  ("accuracy", m["accuracy"] >= min_accuracy)) if not ok]
+        if failed:
+            reasons[name] = failed
+        else:
+            fits.append(name)
+    best = min(fits, key=lambda n: (models[n]["latency_s"], -models[n]["accuracy"]), default=None)
+    return fits, reasons, best
+''',
+    "writes its verdict into the caller's statistics": '''
+def fit_models(models, device, min_accuracy):
+    if not 0 <= min_accuracy <= 1:
+        raise ValueError("min_accuracy")
+    fits, reasons = [], {}
+    for name, m in models.items():
+        m["failed"] = [c for c, ok in (("storage", m["size_bytes"] <= device["storage_bytes"]),
+                                       ("memory", m["memory_bytes"] <= device["memory_bytes"]),
+                                       ("accuracy", m["accuracy"] >= min_accuracy)) if not ok]
+        if m["failed"]:
+            reasons[name] = list(m["failed"])
+        else:
+            fits.append(name)
+    best = min(fits, key=lambda n: (models[n]["latency_s"], -models[n]["accuracy"]), default=None)
+    return fits, reasons, best
+''',
     "no check of the quality bar": '''
 def fit_models(models, device, min_accuracy):
     fits, reasons = [], {}
@@ -493,6 +538,19 @@ def fit_models(models, device, min_accuracy):
 }
 
 
+# the common mistakes: the visible tests catch them, where the learner reads why before grading
+QUANT_VISIBLE = ["one scale for the whole tensor", "divides by 128, so the largest weight lands on 128 and wraps",
+                 "largest signed value instead of largest magnitude", "an all-zero row gets scale 0",
+                 "truncates instead of rounding", "one scale per column (input channel)", "returns q as floats",
+                 "no check for a tensor that is not 2-D"]
+PRUNE_VISIBLE = ["threshold with <=: ties over-prune", "threshold with <: misses the k-th",
+                 "signed values instead of magnitudes", "prunes the input in place", "floor instead of round",
+                 "row by row instead of the whole tensor", "no check of the sparsity"]
+FIT_VISIBLE = ["strict < on the budgets: equality fails", "only the first failed check",
+               "nothing fits: crashes instead of None", "size checked against memory, memory against storage",
+               "accuracy must beat the bar strictly", "no check of the quality bar"]
+
+
 @pytest.fixture(scope="module")
 def book():
     return ExerciseNotebook(ASSIGNMENT)
@@ -505,7 +563,16 @@ def book():
 ])
 def test_wrong_answers_lose_points_and_right_ones_earn_them(book, exercise, wrong, right):
     assert len(wrong) >= 5 and len(right) >= 2
-    assert_fair(book, exercise, wrong, right)
+    assert_fair(book, exercise, wrong, right, explained=True)
+
+
+@pytest.mark.parametrize("exercise, wrong, common", [
+    ("quantize_per_channel", QUANT_WRONG, QUANT_VISIBLE),
+    ("magnitude_prune", PRUNE_WRONG, PRUNE_VISIBLE),
+    ("fit_models", FIT_WRONG, FIT_VISIBLE),
+])
+def test_common_mistakes_fail_in_the_visible_tests(book, exercise, wrong, common):
+    assert_caught_visibly(book, exercise, wrong, common)
 
 
 @pytest.mark.parametrize("exercise", ["quantize_per_channel", "magnitude_prune", "fit_models"])
