@@ -4,7 +4,7 @@ them (tests/notebooks/answers.py runs each against the exercise's own test cell)
 from __future__ import annotations
 
 import pytest
-from answers import ExerciseNotebook, assert_fair, stub
+from answers import ExerciseNotebook, assert_caught_visibly, assert_fair, stub
 
 ASSIGNMENT = "05_autoscaling"
 
@@ -98,6 +98,14 @@ def hpa_desired_replicas(current, metric, target, min_replicas, max_replicas, to
     desired = min(desired, max(2 * current, current + 4))
     return min(max(desired, min_replicas), max_replicas)
 ''',
+    "asks the package through a helper of its own": '''
+def _ask(*args):
+    return autoscaling.hpa_desired_replicas(*args)
+
+
+def hpa_desired_replicas(current, metric, target, min_replicas, max_replicas, tolerance=0.1):
+    return _ask(current, metric, target, min_replicas, max_replicas, tolerance)
+''',
 }
 
 HPA_RIGHT = {
@@ -142,7 +150,10 @@ def hpa_desired_replicas(current, metric, target, min_replicas, max_replicas, to
 def test_exercise_1_hpa_desired_replicas_is_fair(book):
     wrong = dict(HPA_WRONG, untouched=stub())
     assert len(HPA_WRONG) >= 5 and len(HPA_RIGHT) >= 2
-    assert_fair(book, "hpa_desired_replicas", wrong, HPA_RIGHT)
+    assert_fair(book, "hpa_desired_replicas", wrong, HPA_RIGHT, explained=True)
+    assert_caught_visibly(book, "hpa_desired_replicas", HPA_WRONG,
+                          ["no tolerance", "no scale-up limit", "limit doubles only (forgets 4 pods)",
+                           "tolerance on the metric difference", "no check of bad arguments"])
 
 
 # ----------------------------------------------------------------------------- Exercise 2
@@ -210,6 +221,16 @@ def stabilized_recommendation(history, now, window, recommendation):
 def stabilized_recommendation(history, now, window, recommendation):
     return max([r for t, r in history if now - window < t <= now] + [recommendation])
 ''',
+    "negative window refused only when there is history": '''
+def stabilized_recommendation(history, now, window, recommendation):
+    best = recommendation
+    for t, r in history:
+        if window < 0:
+            raise ValueError("window must be >= 0")
+        if now - window < t <= now:
+            best = max(best, r)
+    return best
+''',
 }
 
 STAB_RIGHT = {
@@ -238,7 +259,11 @@ def stabilized_recommendation(history, now, window, recommendation):
 def test_exercise_2_stabilized_recommendation_is_fair(book):
     wrong = dict(STAB_WRONG, untouched=stub())
     assert len(STAB_WRONG) >= 5 and len(STAB_RIGHT) >= 2
-    assert_fair(book, "stabilized_recommendation", wrong, STAB_RIGHT)
+    assert_fair(book, "stabilized_recommendation", wrong, STAB_RIGHT, explained=True)
+    assert_caught_visibly(book, "stabilized_recommendation", STAB_WRONG,
+                          ["forgets this sync's recommendation", "ignores the window",
+                           "prunes the history in place", "lowest instead of highest",
+                           "negative window accepted"])
 
 
 # ----------------------------------------------------------------------------- Exercise 3
@@ -327,6 +352,11 @@ def threshold_step(utilization, current, now, last_scaled, high, low, cooldown, 
             desired -= 1
     return min(max(desired, min_replicas), max_replicas)
 ''',
+    "looks the package's rule up by name": '''
+def threshold_step(utilization, current, now, last_scaled, high, low, cooldown, min_replicas, max_replicas):
+    rule = getattr(autoscaling, "threshold_step")
+    return rule(utilization, current, now, last_scaled, high, low, cooldown, min_replicas, max_replicas)
+''',
 }
 
 TH_RIGHT = {
@@ -359,7 +389,10 @@ def threshold_step(utilization, current, now, last_scaled, high, low, cooldown, 
 def test_exercise_3_threshold_step_is_fair(book):
     wrong = dict(TH_WRONG, untouched=stub())
     assert len(TH_WRONG) >= 5 and len(TH_RIGHT) >= 2
-    assert_fair(book, "threshold_step", wrong, TH_RIGHT)
+    assert_fair(book, "threshold_step", wrong, TH_RIGHT, explained=True)
+    assert_caught_visibly(book, "threshold_step", TH_WRONG,
+                          ["cooldown still holds at exactly cooldown seconds",
+                           "crashes before the first change (None)", "no hysteresis: one threshold"])
 
 
 def test_borrowing_the_package_earns_nothing(book):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from answers import ExerciseNotebook, assert_fair, stub
+from answers import ExerciseNotebook, assert_caught_visibly, assert_fair, stub
 
 
 @pytest.fixture(scope="module")
@@ -184,13 +184,46 @@ LRU_WRONG = {
                 "                return\n"),
     "a negative capacity is accepted":
         variant(LRU_ORDERED, "or capacity < 0:", ":"),
+    "a nan ttl is accepted (ttl <= 0 is False for nan)":
+        variant(LRU_ORDERED, "if not ttl > 0:", "if ttl <= 0:"),
+    "an expired get leaves the entry in place (it still takes room)":
+        variant(LRU_ORDERED, "            del self.data[key]\n", ""),
     "uses the package's cache": "LRUCache = pipeline.LRUCache",
+    "subclasses the package's cache": "class LRUCache(pipeline.LRUCache):\n    pass\n",
+    "keeps the package's cache inside": '''
+class LRUCache:
+    def __init__(self, capacity, ttl=math.inf):
+        self.inner = pipeline.LRUCache(capacity, ttl)
+
+    @property
+    def hits(self):
+        return self.inner.hits
+
+    @property
+    def misses(self):
+        return self.inner.misses
+
+    def get(self, key, now):
+        return self.inner.get(key, now)
+
+    def put(self, key, value, now):
+        self.inner.put(key, value, now)
+
+    def hit_rate(self):
+        return self.inner.hit_rate()
+''',
 }
 
 
 def test_lru_cache_fair(book):
     assert_fair(book, "LRUCache", LRU_WRONG, {"ordered dict": LRU_ORDERED,
-                                              "use counter": LRU_CLOCK, "list": LRU_LIST})
+                                              "use counter": LRU_CLOCK, "list": LRU_LIST},
+                explained=True)
+    assert_caught_visibly(book, "LRUCache", LRU_WRONG,
+                          ["fresh at exactly t + ttl (<= instead of <)",
+                           "FIFO: a hit does not refresh recency",
+                           "hit rate divides by zero before any lookup",
+                           "a negative capacity is accepted"])
 
 
 # ----------------------------------------------------------------------------- Exercise 2
@@ -313,13 +346,48 @@ def stage_breakdown(timestamps):
                       "p99": np.percentile(v, 99) if v.size else math.nan, "share": v.sum() / total}
     return out
 ''',
+    "negative stages checked for misses only":
+        variant(BREAKDOWN_NUMPY, "if (d[~np.isnan(d)] < 0).any():", "if (d[:, ~hit] < 0).any():"),
+    "hit's length not compared with the others":
+        variant(BREAKDOWN_LOOP, '''    n = len(timestamps["hit"])
+    if n == 0 or any(len(timestamps[name]) != n for name in names):''',
+                '''    n = len(timestamps["arrival"])
+    if n == 0 or any(len(timestamps[name]) != n for name in names):'''),
     "uses the package's breakdown": HEAD + "stage_breakdown = pipeline.stage_breakdown",
+    "the package's stage_times helper": HEAD + '''
+def stage_breakdown(timestamps):
+    keys = ["arrival", "tokenized", "looked_up", "admitted", "first_token", "finish", "hit"]
+    if any(k not in timestamps for k in keys):
+        raise ValueError("missing key")
+    hit = np.array(timestamps["hit"], dtype=bool)
+    if hit.size == 0 or len({len(timestamps[k]) for k in keys}) != 1:
+        raise ValueError("lengths")
+    for k in keys[:-1]:
+        v = np.asarray(timestamps[k], dtype=float)
+        need = ~hit if k in ("admitted", "first_token") else np.ones(hit.size, dtype=bool)
+        if np.isnan(v[need]).any():
+            raise ValueError(f"{k} is nan")
+    d = pipeline.stage_times(timestamps, hit)
+    total = sum(d[s][~np.isnan(d[s])].sum() for s in STAGES)
+    out = {}
+    for s in STAGES:
+        v = d[s][~np.isnan(d[s])]
+        if (v < 0).any():
+            raise ValueError(s)
+        out[s] = {"mean": v.mean() if v.size else math.nan,
+                  "p99": np.percentile(v, 99) if v.size else math.nan, "share": v.sum() / total}
+    return out
+''',
 }
 
 
 def test_stage_breakdown_fair(book):
     assert_fair(book, "stage_breakdown", BREAKDOWN_WRONG,
-                {"numpy rows": BREAKDOWN_NUMPY, "loop": BREAKDOWN_LOOP})
+                {"numpy rows": BREAKDOWN_NUMPY, "loop": BREAKDOWN_LOOP}, explained=True)
+    assert_caught_visibly(book, "stage_breakdown", BREAKDOWN_WRONG,
+                          ["hits count as 0 in the model's stages",
+                           "share as mean stage over mean end-to-end",
+                           "a missing key raises KeyError", "no check of nan timestamps"])
 
 
 # ----------------------------------------------------------------------------- Exercise 3
@@ -347,6 +415,10 @@ CAPSTONE_WRONG = {
         "            return cfg\n"
         "    return PipelineConfig(replicas=3)\n",
     "a cache above MAX_CACHE": config(replicas=2, cache_size=10_000),
+    "sizes the cache from the package's workload when called":
+        "def capstone_config(task):\n"
+        "    distinct = len(set(pipeline.capstone_workload(0, task=task).prompt_id.tolist()))\n"
+        "    return PipelineConfig(replicas=2, cache_size=min(distinct, 5000), cache_ttl=300)\n",
 }
 
 CAPSTONE_RIGHT = {
@@ -355,11 +427,20 @@ CAPSTONE_RIGHT = {
     "autoscaling between two and three":
         config(replicas=2, cache_size=3000, cache_ttl=600, autoscale=True, min_replicas=2,
                max_replicas=3, target_outstanding=64),
+    "checked, built by replacing the defaults":
+        "import dataclasses\n\n\n"
+        "def capstone_config(task):\n"
+        "    chosen = dataclasses.replace(PipelineConfig(), replicas=2, cache_size=2500, cache_ttl=400)\n"
+        "    return chosen.check()  # raises, naming the field, if a lever is out of range\n",
 }
 
 
 def test_capstone_fair(book):
-    assert_fair(book, "capstone_config", CAPSTONE_WRONG, CAPSTONE_RIGHT)
+    assert_fair(book, "capstone_config", CAPSTONE_WRONG, CAPSTONE_RIGHT, explained=True)
+    assert_caught_visibly(book, "capstone_config", CAPSTONE_WRONG,
+                          ["two replicas, no cache (misses the SLO)",
+                           "three replicas, no cache (over budget)",
+                           "a dict instead of a PipelineConfig", "a cache above MAX_CACHE"])
 
 
 @pytest.mark.parametrize("exercise", ["LRUCache", "stage_breakdown", "capstone_config"])
