@@ -347,3 +347,34 @@ def test_replica_is_minus_one_for_requests_never_served():
     res = sim.simulate(wl, replicas=2, router=lambda r, reps, rng: 1,
                        batcher=batching.static_batcher(2))
     assert res.replica.tolist() == [1, 1, 1, 1, -1]
+
+
+def test_iteration_replica_drains_then_stops():
+    # 1 s steps; r0 (output 4) on replica 0, r1 (output 6) on replica 1, both at 0.
+    # tick 2: the autoscaler wants 1: both have 1 running, the tie drains replica 0, which
+    # finishes r0 at 4 (prefill + 3 decodes) and stops. r2 (arrives 2.5, output 2) goes to
+    # replica 1, joins at the step boundary 3, first token 4, done 5; r1 done at 6.
+    wl = Workload.build([0.0, 0.0, 2.5], prompt_tokens=[5, 5, 5], output_tokens=[4, 6, 2])
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), replicas=2,
+                       autoscaler=lambda v: 1, autoscale_interval=2.0)
+    assert res.replica.tolist() == [0, 1, 1]
+    assert res.finish.tolist() == [4.0, 6.0, 5.0]
+    assert res.first_token.tolist() == [1.0, 1.0, 4.0]
+    assert res.up_time.tolist() == [4.0, 6.0] and res.busy_time.tolist() == [4.0, 6.0]
+    assert res.scale_events == [(2.0, 2, 1)]
+    assert res.fleet_log == [(0.0, 2, 0), (2.0, 1, 0)]
+    assert res.provisioned_replica_seconds == 10.0 and res.end_time == 6.0
+
+
+def test_spec_max_batch_and_kv_capacity_apply_per_replica():
+    # one sequence at a time (max_batch=1 from the spec): r0 runs [0,2), r1 [2,4)
+    wl = Workload.build([0.0, 0.0], prompt_tokens=[5, 5], output_tokens=[2, 2])
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), max_batch=8,
+                       replica_specs=[ReplicaSpec(max_batch=1)])
+    assert res.finish.tolist() == [2.0, 4.0]
+    # the spec's KV budget (10 tokens: one request of 5 + 2 at a time) overrides the config's
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv_capacity=1000,
+                       replica_specs=[ReplicaSpec(kv_capacity=10)])
+    assert res.finish.tolist() == [2.0, 4.0]
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv_capacity=1000)
+    assert res.finish.tolist() == [2.0, 2.0]
