@@ -321,9 +321,10 @@ def test_stop_in_iteration_mode():
     assert res.first_token.tolist() == [1.0]
 
 
-@pytest.mark.parametrize("until", [math.nan, "10", None])
-def test_until_must_be_a_number(until):
-    with pytest.raises(TypeError, match="until"):
+@pytest.mark.parametrize("until, exc", [(math.nan, TypeError), ("10", TypeError),
+                                        (None, TypeError), (-1.0, ValueError)])
+def test_until_must_be_a_number(until, exc):
+    with pytest.raises(exc, match="until"):
         sim.simulate(timed([0.0], [1.0]), until=until)
 
 
