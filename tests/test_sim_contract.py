@@ -191,6 +191,11 @@ def test_kv_manager_defaults_to_exact_reservation():
     assert not m.admit(KVSeq(1, 4, 4, 0, 4, -1, 0.0)) and m.used() == 8
     m.free(0)
     assert m.used() == 0
+    m = exact_reservation(20)   # reservations add up and are freed one by one
+    assert m.admit(KVSeq(0, 4, 4, 0, 4, -1, 0.0)) and m.admit(KVSeq(1, 3, 2, 0, 3, -1, 0.0))
+    assert m.used() == m.stored() == 13
+    m.free(0)
+    assert m.used() == 5
 
 
 def test_kv_too_small_for_one_sequence_raises():
@@ -379,3 +384,18 @@ def test_spec_max_batch_and_kv_capacity_apply_per_replica():
     assert res.finish.tolist() == [2.0, 4.0]
     res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv_capacity=1000)
     assert res.finish.tolist() == [2.0, 2.0]
+
+
+def test_default_scheduler_with_a_kv_manager_proposes_only_free_slots():
+    # max_batch 1 and a preempting manager: the default proposes one request at a time, so
+    # the three run one after another (2 steps each)
+    wl = Workload.build([0.0, 0.0, 0.0], prompt_tokens=[4, 4, 4], output_tokens=[2, 2, 2])
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv=OnDemand,
+                       kv_capacity=100, max_batch=1)
+    assert res.finish.tolist() == [2.0, 4.0, 6.0] and res.preemptions == []
+    # max_batch 2: r0 runs [0,5); r1, r2 arrive at 1.5; at 2 one slot is free: only r1 is
+    # proposed (prefill [2,3), done at 4); r2 takes the slot at 4 (done at 6)
+    wl = Workload.build([0.0, 1.5, 1.5], prompt_tokens=[4, 4, 4], output_tokens=[5, 2, 2])
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv=OnDemand,
+                       kv_capacity=100, max_batch=2)
+    assert res.start.tolist() == [0.0, 2.0, 4.0] and res.finish.tolist() == [5.0, 4.0, 6.0]
