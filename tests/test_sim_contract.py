@@ -399,3 +399,36 @@ def test_default_scheduler_with_a_kv_manager_proposes_only_free_slots():
     res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv=OnDemand,
                        kv_capacity=100, max_batch=2)
     assert res.start.tolist() == [0.0, 2.0, 4.0] and res.finish.tolist() == [5.0, 4.0, 6.0]
+
+
+class Recording:
+    """A step cost of 1 s that remembers what each step was asked to do."""
+
+    def __init__(self):
+        self.calls = []
+
+    def step_time(self, prefill_tokens, decode_seqs, context_tokens):
+        self.calls.append((prefill_tokens, decode_seqs, context_tokens))
+        return 1.0
+
+
+def test_preemption_keeps_the_step_inputs_exact():
+    # the timeline of test_preemption_by_recompute_exact_timeline, seen by the cost model:
+    # (prefill tokens, decoding sequences, context tokens of the decoders) per step.
+    # After step 1 both hold 4 + 1; step 3 runs A alone (B's 4 + 2 freed): context 6, then 7;
+    # step 5 recomputes B's 4 + 2 tokens; step 6 decodes B with 4 + 3.
+    wl = Workload.build([0.0, 0.0], prompt_tokens=[4, 4], output_tokens=[4, 4])
+    cost = Recording()
+    sim.simulate(wl, mode="iteration", cost=cost, kv=OnDemand, kv_capacity=10)
+    assert cost.calls == [(8, 0, 0), (0, 2, 10), (0, 1, 6), (0, 1, 7), (6, 0, 0), (0, 1, 7)]
+
+
+@pytest.mark.parametrize("record", [False, True])
+def test_an_arrival_at_a_step_boundary_joins_the_next_step(record):
+    # r0 decodes alone in 1 s steps (steps end at 1, 2, ...); r1 arrives exactly at 3.0,
+    # when a step ends: arrivals come first at an instant, so it is admitted at 3.0 and its
+    # prefill step ends at 4.0 (with or without decode fast-forward)
+    wl = Workload.build([0.0, 3.0], prompt_tokens=[5, 5], output_tokens=[8, 2])
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), record_steps=record)
+    assert res.start.tolist() == [0.0, 3.0]
+    assert res.first_token.tolist() == [1.0, 4.0] and res.finish.tolist() == [8.0, 5.0]
