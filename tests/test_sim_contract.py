@@ -432,3 +432,59 @@ def test_an_arrival_at_a_step_boundary_joins_the_next_step(record):
     res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), record_steps=record)
     assert res.start.tolist() == [0.0, 3.0]
     assert res.first_token.tolist() == [1.0, 4.0] and res.finish.tolist() == [8.0, 5.0]
+
+
+def test_grow_sees_chunked_prefill_contexts_and_full_records():
+    # prefill_chunk 4, two prompts of 6 at 0 (3 output tokens each), 1 s steps:
+    # step 1: A prefills 4; step 2: A 2 (first token at 2), B 2; step 3: B 4 (first token
+    # at 3), A decodes; step 4: both decode (A done at 4); step 5: B decodes (done at 5).
+    # grow is told (id, generated, context after the step) for each running sequence.
+    wl = Workload.build([0.0, 0.0], prompt_tokens=[6, 6], output_tokens=[3, 3],
+                        prompt_id=[7, -1])
+    managers = []
+
+    def factory(capacity):
+        managers.append(OnDemand(capacity))
+        return managers[-1]
+
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv=factory,
+                       kv_capacity=100, prefill_chunk=4)
+    assert res.first_token.tolist() == [2.0, 3.0] and res.finish.tolist() == [4.0, 5.0]
+    assert managers[0].asked == [[(0, 0, 4), (1, 0, 0)], [(0, 0, 6), (1, 0, 2)],
+                                 [(0, 1, 7), (1, 0, 6)], [(0, 2, 8), (1, 1, 7)], [(1, 2, 8)]]
+    seen = []
+
+    class Keeping(OnDemand):
+        def grow(self, running):
+            seen.extend(running)
+            return super().grow(running)
+
+    sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv=Keeping, kv_capacity=100)
+    assert seen[:2] == [KVSeq(0, 6, 3, 0, 6, 7, 0.0), KVSeq(1, 6, 3, 0, 6, -1, 0.0)]
+
+
+def test_victims_return_to_the_queue_head_in_request_order():
+    # a manager that, when over capacity, preempts every sequence but the oldest at once:
+    # B and C go back to the head of the queue as [B, C] and are re-admitted in that order
+    admitted = []
+
+    class AllButOldest(OnDemand):
+        def admit(self, seq):
+            ok = super().admit(seq)
+            if ok:
+                admitted.append(seq.id)
+            return ok
+
+        def grow(self, running):
+            want = {s.id: max(self.alloc[s.id], s.context) for s in running}
+            if sum(want.values()) > self.capacity and len(running) > 1:
+                return [s.id for s in running[1:]]
+            self.alloc.update(want)
+            return []
+
+    wl = Workload.build([0.0, 0.0, 0.0], prompt_tokens=[4, 4, 4], output_tokens=[4, 4, 4])
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv=AllButOldest,
+                       kv_capacity=15)
+    assert sorted((p.request_id, p.time) for p in res.preemptions)[:2] == [(1, 2.0), (2, 2.0)]
+    assert admitted[:5] == [0, 1, 2, 1, 2]
+    assert res.completed.all()
