@@ -240,3 +240,13 @@ def test_memory_per_simulated_request_stays_small():
         tracemalloc.stop()
         assert res.completed.all()
         assert peak / len(wl) < 400, (settings, peak / len(wl))
+
+
+def test_fcfs_admission_admits_a_request_that_exactly_fills_the_kv_budget():
+    # 16 KV tokens: two requests of 4 + 4 fill it exactly, so both run together (done at 4,
+    # prefill + 3 decodes); one token less and the second waits for the first (done at 8)
+    wl = Workload.build([0.0, 0.0], prompt_tokens=[4, 4], output_tokens=[4, 4])
+    exact = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv_capacity=16)
+    assert exact.finish.tolist() == [4.0, 4.0]
+    short = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv_capacity=15)
+    assert short.finish.tolist() == [4.0, 8.0]

@@ -153,3 +153,12 @@ def test_a_negative_cost_no_longer_gives_negative_latency():
     # used to finish at -5 with utilisation -2
     with pytest.raises(ValueError, match=r"returned \(0.0, -5.0\)"):
         sim.simulate(poisson_workload(1.0, 5, seed=1), cost=Timing(0.0, -5.0))
+
+
+@pytest.mark.parametrize("timing, finish", [
+    ((np.float64(0.0), np.float64(0.5)), 0.5), ((0, 2), 2.0), ((np.float32(0.25), 0.25), 0.25),
+    ((1, 1), 1.0), ((np.int64(0), np.float64(0.75)), 0.75)])
+def test_valid_timings_of_any_number_type_pass(timing, finish):
+    # numpy and int answers take the slow check path: first token at 0, or equal to busy, fine
+    res = sim.simulate(timed([0.0], [1.0]), cost=Timing(*timing))
+    assert res.finish.tolist() == [finish]

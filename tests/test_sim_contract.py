@@ -191,6 +191,11 @@ def test_kv_manager_defaults_to_exact_reservation():
     assert not m.admit(KVSeq(1, 4, 4, 0, 4, -1, 0.0)) and m.used() == 8
     m.free(0)
     assert m.used() == 0
+    m = exact_reservation(20)   # reservations add up and are freed one by one
+    assert m.admit(KVSeq(0, 4, 4, 0, 4, -1, 0.0)) and m.admit(KVSeq(1, 3, 2, 0, 3, -1, 0.0))
+    assert m.used() == m.stored() == 13
+    m.free(0)
+    assert m.used() == 5
 
 
 def test_kv_too_small_for_one_sequence_raises():
@@ -321,9 +326,10 @@ def test_stop_in_iteration_mode():
     assert res.first_token.tolist() == [1.0]
 
 
-@pytest.mark.parametrize("until", [math.nan, "10", None])
-def test_until_must_be_a_number(until):
-    with pytest.raises(TypeError, match="until"):
+@pytest.mark.parametrize("until, exc", [(math.nan, TypeError), ("10", TypeError),
+                                        (None, TypeError), (-1.0, ValueError)])
+def test_until_must_be_a_number(until, exc):
+    with pytest.raises(exc, match="until"):
         sim.simulate(timed([0.0], [1.0]), until=until)
 
 
@@ -347,3 +353,138 @@ def test_replica_is_minus_one_for_requests_never_served():
     res = sim.simulate(wl, replicas=2, router=lambda r, reps, rng: 1,
                        batcher=batching.static_batcher(2))
     assert res.replica.tolist() == [1, 1, 1, 1, -1]
+
+
+def test_iteration_replica_drains_then_stops():
+    # 1 s steps; r0 (output 4) on replica 0, r1 (output 6) on replica 1, both at 0.
+    # tick 2: the autoscaler wants 1: both have 1 running, the tie drains replica 0, which
+    # finishes r0 at 4 (prefill + 3 decodes) and stops. r2 (arrives 2.5, output 2) goes to
+    # replica 1, joins at the step boundary 3, first token 4, done 5; r1 done at 6.
+    wl = Workload.build([0.0, 0.0, 2.5], prompt_tokens=[5, 5, 5], output_tokens=[4, 6, 2])
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), replicas=2,
+                       autoscaler=lambda v: 1, autoscale_interval=2.0)
+    assert res.replica.tolist() == [0, 1, 1]
+    assert res.finish.tolist() == [4.0, 6.0, 5.0]
+    assert res.first_token.tolist() == [1.0, 1.0, 4.0]
+    assert res.up_time.tolist() == [4.0, 6.0] and res.busy_time.tolist() == [4.0, 6.0]
+    assert res.scale_events == [(2.0, 2, 1)]
+    assert res.fleet_log == [(0.0, 2, 0), (2.0, 1, 0)]
+    assert res.provisioned_replica_seconds == 10.0 and res.end_time == 6.0
+
+
+def test_spec_max_batch_and_kv_capacity_apply_per_replica():
+    # one sequence at a time (max_batch=1 from the spec): r0 runs [0,2), r1 [2,4)
+    wl = Workload.build([0.0, 0.0], prompt_tokens=[5, 5], output_tokens=[2, 2])
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), max_batch=8,
+                       replica_specs=[ReplicaSpec(max_batch=1)])
+    assert res.finish.tolist() == [2.0, 4.0]
+    # the spec's KV budget (10 tokens: one request of 5 + 2 at a time) overrides the config's
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv_capacity=1000,
+                       replica_specs=[ReplicaSpec(kv_capacity=10)])
+    assert res.finish.tolist() == [2.0, 4.0]
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv_capacity=1000)
+    assert res.finish.tolist() == [2.0, 2.0]
+
+
+def test_default_scheduler_with_a_kv_manager_proposes_only_free_slots():
+    # max_batch 1 and a preempting manager: the default proposes one request at a time, so
+    # the three run one after another (2 steps each)
+    wl = Workload.build([0.0, 0.0, 0.0], prompt_tokens=[4, 4, 4], output_tokens=[2, 2, 2])
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv=OnDemand,
+                       kv_capacity=100, max_batch=1)
+    assert res.finish.tolist() == [2.0, 4.0, 6.0] and res.preemptions == []
+    # max_batch 2: r0 runs [0,5); r1, r2 arrive at 1.5; at 2 one slot is free: only r1 is
+    # proposed (prefill [2,3), done at 4); r2 takes the slot at 4 (done at 6)
+    wl = Workload.build([0.0, 1.5, 1.5], prompt_tokens=[4, 4, 4], output_tokens=[5, 2, 2])
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv=OnDemand,
+                       kv_capacity=100, max_batch=2)
+    assert res.start.tolist() == [0.0, 2.0, 4.0] and res.finish.tolist() == [5.0, 4.0, 6.0]
+
+
+class Recording:
+    """A step cost of 1 s that remembers what each step was asked to do."""
+
+    def __init__(self):
+        self.calls = []
+
+    def step_time(self, prefill_tokens, decode_seqs, context_tokens):
+        self.calls.append((prefill_tokens, decode_seqs, context_tokens))
+        return 1.0
+
+
+def test_preemption_keeps_the_step_inputs_exact():
+    # the timeline of test_preemption_by_recompute_exact_timeline, seen by the cost model:
+    # (prefill tokens, decoding sequences, context tokens of the decoders) per step.
+    # After step 1 both hold 4 + 1; step 3 runs A alone (B's 4 + 2 freed): context 6, then 7;
+    # step 5 recomputes B's 4 + 2 tokens; step 6 decodes B with 4 + 3.
+    wl = Workload.build([0.0, 0.0], prompt_tokens=[4, 4], output_tokens=[4, 4])
+    cost = Recording()
+    sim.simulate(wl, mode="iteration", cost=cost, kv=OnDemand, kv_capacity=10)
+    assert cost.calls == [(8, 0, 0), (0, 2, 10), (0, 1, 6), (0, 1, 7), (6, 0, 0), (0, 1, 7)]
+
+
+@pytest.mark.parametrize("record", [False, True])
+def test_an_arrival_at_a_step_boundary_joins_the_next_step(record):
+    # r0 decodes alone in 1 s steps (steps end at 1, 2, ...); r1 arrives exactly at 3.0,
+    # when a step ends: arrivals come first at an instant, so it is admitted at 3.0 and its
+    # prefill step ends at 4.0 (with or without decode fast-forward)
+    wl = Workload.build([0.0, 3.0], prompt_tokens=[5, 5], output_tokens=[8, 2])
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), record_steps=record)
+    assert res.start.tolist() == [0.0, 3.0]
+    assert res.first_token.tolist() == [1.0, 4.0] and res.finish.tolist() == [8.0, 5.0]
+
+
+def test_grow_sees_chunked_prefill_contexts_and_full_records():
+    # prefill_chunk 4, two prompts of 6 at 0 (3 output tokens each), 1 s steps:
+    # step 1: A prefills 4; step 2: A 2 (first token at 2), B 2; step 3: B 4 (first token
+    # at 3), A decodes; step 4: both decode (A done at 4); step 5: B decodes (done at 5).
+    # grow is told (id, generated, context after the step) for each running sequence.
+    wl = Workload.build([0.0, 0.0], prompt_tokens=[6, 6], output_tokens=[3, 3],
+                        prompt_id=[7, -1])
+    managers = []
+
+    def factory(capacity):
+        managers.append(OnDemand(capacity))
+        return managers[-1]
+
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv=factory,
+                       kv_capacity=100, prefill_chunk=4)
+    assert res.first_token.tolist() == [2.0, 3.0] and res.finish.tolist() == [4.0, 5.0]
+    assert managers[0].asked == [[(0, 0, 4), (1, 0, 0)], [(0, 0, 6), (1, 0, 2)],
+                                 [(0, 1, 7), (1, 0, 6)], [(0, 2, 8), (1, 1, 7)], [(1, 2, 8)]]
+    seen = []
+
+    class Keeping(OnDemand):
+        def grow(self, running):
+            seen.extend(running)
+            return super().grow(running)
+
+    sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv=Keeping, kv_capacity=100)
+    assert seen[:2] == [KVSeq(0, 6, 3, 0, 6, 7, 0.0), KVSeq(1, 6, 3, 0, 6, -1, 0.0)]
+
+
+def test_victims_return_to_the_queue_head_in_request_order():
+    # a manager that, when over capacity, preempts every sequence but the oldest at once:
+    # B and C go back to the head of the queue as [B, C] and are re-admitted in that order
+    admitted = []
+
+    class AllButOldest(OnDemand):
+        def admit(self, seq):
+            ok = super().admit(seq)
+            if ok:
+                admitted.append(seq.id)
+            return ok
+
+        def grow(self, running):
+            want = {s.id: max(self.alloc[s.id], s.context) for s in running}
+            if sum(want.values()) > self.capacity and len(running) > 1:
+                return [s.id for s in running[1:]]
+            self.alloc.update(want)
+            return []
+
+    wl = Workload.build([0.0, 0.0, 0.0], prompt_tokens=[4, 4, 4], output_tokens=[4, 4, 4])
+    res = sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), kv=AllButOldest,
+                       kv_capacity=15)
+    assert sorted((p.request_id, p.time) for p in res.preemptions)[:2] == [(1, 2.0), (2, 2.0)]
+    assert admitted[:5] == [0, 1, 2, 1, 2]
+    assert res.completed.all()

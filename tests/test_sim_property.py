@@ -128,6 +128,11 @@ def make_case(seed):
         settings["startup_delay"] = float(rng.uniform(0, 3))
         settings["max_replicas"] = 4
         settings["replicas"] = min(settings["replicas"], 4)
+    if rng.random() < 0.15:   # scale to zero and back
+        settings.update(replicas=0, min_replicas=0, max_replicas=3,
+                        autoscaler=(lambda v: min(3, (v.held + v.outstanding + 1) // 2)),
+                        autoscale_interval=float(rng.uniform(0.5, 5)),
+                        startup_delay=float(rng.uniform(0, 3)))
     if rng.random() < 0.3:
         settings["router"] = random_router
     if rng.random() < 0.2:

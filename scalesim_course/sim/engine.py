@@ -136,6 +136,8 @@ class Simulation:
         if isinstance(until, (bool, np.bool_)) or not isinstance(
                 until, (int, float, np.integer, np.floating)) or math.isnan(until):
             raise TypeError(f"until must be a number of seconds (or math.inf), got {until!r}")
+        if until < 0:
+            raise ValueError(f"until must be >= 0 seconds, got {until!r}")
         cfg, heap, wl = self.cfg, self.heap, self.wl
         arrivals = self.arrivals = wl.arrival.tolist()
         self.until = until

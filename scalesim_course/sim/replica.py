@@ -94,10 +94,13 @@ class RequestReplica(Replica):
         super().__init__(sim, rid, state, now)
         spec = self.spec
         self.servers = spec.servers if spec and spec.servers is not None else sim.cfg.servers
+        self.batcher = sim.cfg.batcher
+        self.record = sim.cfg.record_steps
+        self._done = self.done
         self.qview = QueueView(self)
 
     def arrive(self, req: Request) -> None:
-        if self.busy < self.servers and not self.queue and self.sim.cfg.batcher is None:
+        if self.busy < self.servers and not self.queue and self.batcher is None:
             self.serve((req,))  # the common path: an idle server takes it at once
             return
         self.queue.append(req)
@@ -106,7 +109,7 @@ class RequestReplica(Replica):
 
     def dispatch(self) -> bool:
         """Start batches while a server is free and the batcher sends one; True if one started."""
-        batcher = self.sim.cfg.batcher
+        batcher = self.batcher
         started = False
         while self.busy < self.servers and self.queue:
             if batcher is None:
@@ -179,10 +182,11 @@ class RequestReplica(Replica):
         sim.n_started += len(batch)
         sim.n_batches += 1
         sim.idle = 0
-        if sim.cfg.record_steps:
+        if self.record:
             sim.record(self, now, now + busy, len(batch),
                        len(batch) * max(r.prompt_tokens for r in batch), len(batch))
-        sim.push(now + busy, NORMAL, self.done, batch)
+        sim.seq += 1
+        heappush(sim.heap, (now + busy, NORMAL, sim.seq, self._done, batch))
 
     @staticmethod
     def _check_timing(cost, timing) -> None:
@@ -213,7 +217,7 @@ class RequestReplica(Replica):
 
     def retry(self, _) -> None:
         if self.queue and not self.dispatch():
-            self.sim.no_progress("batcher", self.sim.cfg.batcher)
+            self.sim.no_progress("batcher", self.batcher)
 
 
 class _Seq:
