@@ -406,6 +406,8 @@ def check_the_timeout_fits_the_course_and_autograde_time_is_printed(klass):
         cells = json.loads(path.read_text()).get("cells", {})
         if cells:
             measured[path.parent.name] = max(float(v) for v in cells.values())
+            print(f"{path.parent.name}: its cells take {sum(map(float, cells.values())):.1f} s "
+                  f"(cell_times.json); autograde adds a kernel start and nbgrader's own work")
     slow = {name: s for name, s in measured.items() if s * 4 > timeout}
     assert slow == {}, (f"Execute.timeout = {timeout} s is under 4x the longest cell of "
                         f"{slow}: raise it in nbgrader_config.py and the instructor guide")

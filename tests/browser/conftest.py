@@ -12,7 +12,6 @@ how to get one, except under CI (CI=true), where they fail.
 """
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -22,7 +21,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
