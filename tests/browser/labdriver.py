@@ -1,4 +1,7 @@
-"""A real JupyterLab driven by a real headless Chromium: the fixtures of the browser suite.
+"""A real JupyterLab driven by a real headless Chromium: the fixtures and checks of the browser suite.
+
+(Not a conftest.py: a second conftest module would shadow tests/conftest.py for the test modules
+that `from conftest import ...`.)
 
 One JupyterLab server and one browser per test session (per pytest-xdist worker), both always
 stopped.  The server listens on 127.0.0.1 with a random port and token, and keeps its settings,
