@@ -112,6 +112,10 @@ class Build:
         self.env.update(PATH=os.pathsep.join([str(venv / "bin")] + path), HOME=str(home),
                         VIRTUAL_ENV=str(venv), PIP_DISABLE_PIP_VERSION_CHECK="1",
                         PIP_RETRIES="1", PIP_TIMEOUT="10", PYTHONNOUSERSITE="1",
+                        # the caller's download cache (HOME changes): a fresh venv, not a
+                        # fresh download of every wheel on each run
+                        PIP_CACHE_DIR=os.environ.get("PIP_CACHE_DIR",
+                                                     str(Path.home() / ".cache" / "pip")),
                         JUPYTER_CONFIG_DIR=str(home / ".jupyter"))
         home.mkdir(parents=True, exist_ok=True)
 
