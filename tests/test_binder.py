@@ -112,6 +112,10 @@ class Build:
         self.env.update(PATH=os.pathsep.join([str(venv / "bin")] + path), HOME=str(home),
                         VIRTUAL_ENV=str(venv), PIP_DISABLE_PIP_VERSION_CHECK="1",
                         PIP_RETRIES="1", PIP_TIMEOUT="10", PYTHONNOUSERSITE="1",
+                        # the caller's download cache (HOME changes): a fresh venv, not a
+                        # fresh download of every wheel on each run
+                        PIP_CACHE_DIR=os.environ.get("PIP_CACHE_DIR",
+                                                     str(Path.home() / ".cache" / "pip")),
                         JUPYTER_CONFIG_DIR=str(home / ".jupyter"))
         home.mkdir(parents=True, exist_ok=True)
 
@@ -149,10 +153,8 @@ class Build:
             self.step("binder/postBuild", [str(script)])
 
 
-@pytest.fixture(scope="module")
-def binder(tmp_path_factory) -> Build:
-    """The Binder environment, built once for the checks below."""
-    tmp = tmp_path_factory.mktemp("binder")
+def build_binder(tmp: Path) -> Build:
+    """The Binder environment, built in `tmp` for the checks below."""
     repo = copy_repo(tmp / "repo")
     base, note = find_python(wanted_python(repo))
     print(f"\n{note}")
@@ -167,7 +169,7 @@ def binder(tmp_path_factory) -> Build:
 
 
 # ----------------------------------------------------------------------------- the checks
-def test_course_imports_with_the_pinned_cpu_torch(binder):
+def check_course_imports_with_the_pinned_cpu_torch(binder):
     pinned = re.search(r"^torch==([\w.+]+)", (binder.repo / "binder" / "requirements.txt")
                        .read_text(), re.M)
     assert pinned, "binder/requirements.txt must pin torch exactly"
@@ -192,7 +194,7 @@ def _plugin_states(text: str) -> dict[str, set[str]]:
     return states
 
 
-def test_learner_extensions_on_instructor_extensions_off_and_locked(binder):
+def check_learner_extensions_on_instructor_extensions_off_and_locked(binder):
     lab = binder.step("check: jupyter labextension list",
                       ["jupyter", "labextension", "list"])
     server = binder.step("check: jupyter server extension list",
@@ -214,7 +216,7 @@ def test_learner_extensions_on_instructor_extensions_off_and_locked(binder):
         assert "enabled" in states.get(ext, set()), f"{ext} is not enabled:\n{server}"
 
 
-def test_a_notebook_runs_and_grades(binder):
+def check_a_notebook_runs_and_grades(binder):
     name = sorted(p.name for p in (binder.repo / "solutions").iterdir() if p.is_dir())[0]
     out = binder.step("check: a notebook runs and grades",
                       [str(binder.venv / "bin" / "scalesim-course"), "grade", "--json",
@@ -222,6 +224,14 @@ def test_a_notebook_runs_and_grades(binder):
     scores = json.loads(out[out.index("{"):])
     earned, possible = scores["total"]
     assert possible > 0 and earned == possible, scores
+
+
+def test_binder_builds_and_works(tmp_path_factory):
+    """One test, so that pytest-xdist never builds the environment twice (once per worker)."""
+    binder = build_binder(tmp_path_factory.mktemp("binder"))
+    check_course_imports_with_the_pinned_cpu_torch(binder)
+    check_learner_extensions_on_instructor_extensions_off_and_locked(binder)
+    check_a_notebook_runs_and_grades(binder)
 
 
 # ----------------------------------------------------------------------------- broken files

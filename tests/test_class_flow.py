@@ -204,10 +204,8 @@ class Class:
     due: datetime | None = None
 
 
-@pytest.fixture(scope="module")
-def klass(tmp_path_factory) -> Class:
-    """Run the whole class once; the tests below look at what it left."""
-    tmp = tmp_path_factory.mktemp("class")
+def run_class(tmp: Path) -> Class:
+    """Run the whole class in `tmp`; the checks below look at what it left."""
     blocks = guide_blocks()
     exchange, config = tmp / "srv" / "exchange", tmp / "etc" / "jupyter" / "nbgrader_config.py"
 
@@ -304,12 +302,12 @@ def test_the_guide_has_every_step_in_order():
     assert "grades.csv" in (REPO / ".gitignore").read_text().split()
 
 
-def test_exchange_is_shared_with_the_sticky_bit(klass):
+def check_exchange_is_shared_with_the_sticky_bit(klass):
     mode = klass.exchange.stat().st_mode
     assert stat.S_IMODE(mode) == 0o1777, oct(mode)
 
 
-def test_every_learner_gets_the_right_score(klass):
+def check_every_learner_gets_the_right_score(klass):
     expected = expected_scores()
     got = {row["student_id"]: float(row["score"]) for row in klass.csv_rows
            if row["assignment"] == ASSIGNMENT}
@@ -320,7 +318,7 @@ def test_every_learner_gets_the_right_score(klass):
             assert sub.score == pytest.approx(points), who
 
 
-def test_a_looping_submission_stops_nobody(klass):
+def check_a_looping_submission_stops_nobody(klass):
     log = klass.logs["autograde"]
     assert "loop" in klass.logs["autograde loop"]
     graded = {p.parent.parent.name for p in
@@ -330,13 +328,13 @@ def test_a_looping_submission_stops_nobody(klass):
         "CellTimeoutError" in klass.feedback["loop"] or "Timeout" in klass.feedback["loop"]
 
 
-def test_nothing_is_left_for_manual_grading(klass):
+def check_nothing_is_left_for_manual_grading(klass):
     with _gradebook(klass) as gb:
         flagged = [who for who in LEARNERS if gb.find_submission(ASSIGNMENT, who).needs_manual_grade]
     assert flagged == []
 
 
-def test_a_deleted_test_cell_scores_as_self_grading_does(klass):
+def check_a_deleted_test_cell_scores_as_self_grading_does(klass):
     from scalesim_course.grading import grade
 
     submitted = klass.root / "submitted" / "tamper" / ASSIGNMENT / f"{ASSIGNMENT}.ipynb"
@@ -346,7 +344,7 @@ def test_a_deleted_test_cell_scores_as_self_grading_does(klass):
     assert mine.total[0] == pytest.approx(hub) == pytest.approx(expected_scores()["tamper"])
 
 
-def test_the_latest_submission_is_graded_and_marked_late(klass):
+def check_the_latest_submission_is_graded_and_marked_late(klass):
     with _gradebook(klass) as gb:
         late = gb.find_submission(ASSIGNMENT, "late")
         assert late.score == pytest.approx(expected_scores()["late"])
@@ -358,7 +356,7 @@ def test_the_latest_submission_is_graded_and_marked_late(klass):
     assert row["timestamp"] > row["duedate"]
 
 
-def test_feedback_never_shows_hidden_tests(klass):
+def check_feedback_never_shows_hidden_tests(klass):
     hidden = hidden_lines()
     assert hidden, "no hidden tests to look for"
     for who in LEARNERS:
@@ -370,22 +368,20 @@ def test_feedback_never_shows_hidden_tests(klass):
         assert shown == [], f"{who}'s feedback shows hidden tests"
 
 
-@pytest.mark.xfail(strict=False, reason="needs the grading helper's fix: feedback must scrub or "
-                   "drop what graded cells print (ScrubHiddenTests leaves outputs as printed)")
-def test_feedback_hides_hidden_tests_a_learner_prints(klass):
+def check_feedback_hides_hidden_tests_a_learner_prints(klass):
     page = html.unescape(klass.feedback["late"])
     assert page
     assert [line for line in hidden_lines() if line in page] == []
 
 
-def test_checksum_warnings_only_for_a_real_edit(klass):
+def check_checksum_warnings_only_for_a_real_edit(klass):
     warnings = re.findall(r"Attribute 'checksum' for cell (\S+) has changed",
                           klass.logs["autograde"])
     second_test = exercises()[1][1]
     assert warnings == [second_test], "only tamper's edited test cell should warn"
 
 
-def test_the_timeout_fits_the_course_and_autograde_time_is_printed(klass):
+def check_the_timeout_fits_the_course_and_autograde_time_is_printed(klass):
     timeout = course_config(REPO).Execute.timeout
     nb = nbformat.read(str(klass.root / "autograded" / "full" / ASSIGNMENT /
                            f"{ASSIGNMENT}.ipynb"), 4)
@@ -410,6 +406,38 @@ def test_the_timeout_fits_the_course_and_autograde_time_is_printed(klass):
         cells = json.loads(path.read_text()).get("cells", {})
         if cells:
             measured[path.parent.name] = max(float(v) for v in cells.values())
+            print(f"{path.parent.name}: its cells take {sum(map(float, cells.values())):.1f} s "
+                  f"(cell_times.json); autograde adds a kernel start and nbgrader's own work")
     slow = {name: s for name, s in measured.items() if s * 4 > timeout}
     assert slow == {}, (f"Execute.timeout = {timeout} s is under 4x the longest cell of "
                         f"{slow}: raise it in nbgrader_config.py and the instructor guide")
+
+
+CHECKS = [check_exchange_is_shared_with_the_sticky_bit, check_every_learner_gets_the_right_score,
+          check_a_looping_submission_stops_nobody, check_nothing_is_left_for_manual_grading,
+          check_a_deleted_test_cell_scores_as_self_grading_does,
+          check_the_latest_submission_is_graded_and_marked_late,
+          check_feedback_never_shows_hidden_tests, check_checksum_warnings_only_for_a_real_edit,
+          check_the_timeout_fits_the_course_and_autograde_time_is_printed]
+WAITING = {  # checks waiting for a fix on another branch: the integrator drops each after merging
+    check_feedback_hides_hidden_tests_a_learner_prints:
+        "needs the grading branch's fix: feedback must scrub or drop what graded cells print "
+        "(ScrubHiddenTests on main leaves a test cell's printed output as it is)",
+}
+
+
+def test_a_class_of_six_through_the_exchange(tmp_path_factory):
+    """One test, so that pytest-xdist never runs the class twice (once per worker)."""
+    klass = run_class(tmp_path_factory.mktemp("class"))
+    failures = []
+    for check in CHECKS:
+        try:
+            check(klass)
+        except AssertionError as err:
+            failures.append(f"{check.__name__}: {err}")
+    assert not failures, "\n\n".join(failures)
+    for check, reason in WAITING.items():
+        try:
+            check(klass)
+        except AssertionError:
+            pytest.xfail(reason)

@@ -12,7 +12,17 @@ import re
 
 import nbformat
 import pytest
-from conftest import REPO, SCREENSHOTS, grade_total, problems, run_notebook
+from labdriver import (  # noqa: F401 - browser, chromium_path, lab and page are fixtures
+    REPO,
+    SCREENSHOTS,
+    browser,
+    chromium_path,
+    grade_total,
+    lab,
+    page,
+    problems,
+    run_notebook,
+)
 
 pytestmark = pytest.mark.browser
 

@@ -1,4 +1,7 @@
-"""A real JupyterLab driven by a real headless Chromium: the fixtures of the browser suite.
+"""A real JupyterLab driven by a real headless Chromium: the fixtures and checks of the browser suite.
+
+(Not a conftest.py: a second conftest module would shadow tests/conftest.py for the test modules
+that `from conftest import ...`.)
 
 One JupyterLab server and one browser per test session (per pytest-xdist worker), both always
 stopped.  The server listens on 127.0.0.1 with a random port and token, and keeps its settings,
@@ -12,7 +15,6 @@ how to get one, except under CI (CI=true), where they fail.
 """
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
@@ -22,7 +24,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -142,6 +143,10 @@ class Lab:
     process: subprocess.Popen
     log: Path
 
+    def path(self, relpath: str) -> str:
+        """Where a repository path (notebooks/..., solutions/...) is in the server's root."""
+        return relpath.split("/", 1)[1] if relpath.startswith("notebooks/") else relpath
+
     def api(self, method: str, path: str):
         request = urllib.request.Request(f"{self.url}/api/{path}", method=method,
                                          headers={"Authorization": f"token {self.token}"})
@@ -158,18 +163,33 @@ class Lab:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
 
 
+def _course_sh_ready() -> bool:
+    """This Python is the venv `./course.sh` made and set up for this checkout (CI, and anyone
+    who ran ./course.sh test), so `./course.sh lab` would start at once and install nothing."""
+    stamp = Path(sys.prefix) / ".scalesim-installed"
+    if not ((REPO / "course.sh").is_file() and stamp.is_file()
+            and Path(sys.prefix).resolve() == (REPO / ".venv").resolve()):
+        return False
+    done = subprocess.run("cat pyproject.toml | cksum", shell=True, cwd=REPO,
+                          capture_output=True, text=True)
+    return done.returncode == 0 and done.stdout.strip() == stamp.read_text().strip()
+
+
 @pytest.fixture(scope="session")
 def lab(tmp_path_factory):
     """JupyterLab, as `./course.sh lab` starts it, on 127.0.0.1 with a random port and token.
 
-    It serves a copy of notebooks/ and solutions/ (`notebooks/...` and `solutions/...` under its
-    root), so running cells never writes into the repository.
+    It serves a copy of notebooks/ with one of solutions/ inside, so running cells never writes
+    into the repository.
     """
     tmp = tmp_path_factory.mktemp("lab")
-    root = tmp / "root"
-    for folder in ("notebooks", "solutions"):
-        shutil.copytree(REPO / folder, root / folder,
-                        ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+    # A course folder as course.sh sees it: its notebooks/ (the server's root, as `./course.sh
+    # lab` serves it) holds copies of the learner notebooks and, in solutions/, of the solutions.
+    course = tmp / "course"
+    root = course / "notebooks"
+    skip = shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__")
+    shutil.copytree(REPO / "notebooks", root, ignore=skip)
+    shutil.copytree(REPO / "solutions", root / "solutions", ignore=skip)
     _settings(tmp / "settings")
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp / "runtime"),
@@ -180,16 +200,19 @@ def lab(tmp_path_factory):
     env.pop("JUPYTERHUB_API_TOKEN", None)
     flags = ["--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
              "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}",
-             f"--ServerApp.root_dir={root}", f"--LabApp.user_settings_dir={tmp / 'settings'}",
-             f"--LabApp.workspaces_dir={tmp / 'workspaces'}",
-             "--LabApp.expose_app_in_browser=True", "--allow-root"]
-    # `./course.sh lab` itself where this Python is the venv course.sh made (CI, and anyone who
-    # ran ./course.sh test), its later flags winning; else the same JupyterLab from this venv
-    # (running course.sh from another venv would install the package into a new .venv).
-    if (REPO / "course.sh").is_file() and Path(sys.prefix).resolve() == (REPO / ".venv").resolve():
-        cmd = ["bash", str(REPO / "course.sh"), "lab", *flags]
+             f"--LabApp.user_settings_dir={tmp / 'settings'}",
+             f"--LabApp.workspaces_dir={tmp / 'workspaces'}", "--LabApp.expose_app_in_browser=True"]
+    if _course_sh_ready():
+        # `./course.sh lab` itself, run from the course folder copy with this venv linked in
+        # (course.sh serves its own notebooks/ folder), so it installs nothing.
+        shutil.copy2(REPO / "course.sh", course / "course.sh")
+        shutil.copy2(REPO / "pyproject.toml", course / "pyproject.toml")
+        (course / ".venv").symlink_to(Path(sys.prefix))
+        cmd = ["bash", str(course / "course.sh"), "lab", *flags]
     else:
-        cmd = [sys.executable, "-m", "jupyterlab", *flags]
+        # The same JupyterLab from this venv: course.sh would set up a venv of its own.
+        cmd = [sys.executable, "-m", "jupyterlab", f"--ServerApp.root_dir={root}",
+               "--allow-root", *flags]
     print(f"starting JupyterLab: {' '.join(cmd[:3])} ... on 127.0.0.1:{port}")
     log = tmp / "jupyterlab.log"
     with open(log, "w") as out:
@@ -403,7 +426,7 @@ def run_notebook(page, lab: Lab, relpath: str, shot: Path | None = None) -> Note
         return round(marks[-1] - marks[-2], 1)
 
     try:
-        open_notebook(page, lab, relpath)
+        open_notebook(page, lab, lab.path(relpath))
         phases = {"open": lap()}
         run_all(page, started + RUN_TIMEOUT_S)
         page.wait_for_timeout(300)  # let the last outputs and widget views render
