@@ -281,3 +281,11 @@ def test_throughput_and_goodput_divide_by_the_window_length():
         m.window(_run([0.0], [math.nan], [math.nan], [2], stopped_at=1.0))
     with pytest.raises(ValueError, match="measurement window is empty"):
         m.window(_run([1.0], [1.0], [1.0], [1]))
+
+
+def test_span_runs_from_first_arrival_to_last_completion():
+    assert m.span(_run([2.0, 3.0], [2.5, 3.5], [4.0, 6.0], [3, 5])) == 4.0
+    assert m.span(_run([2.0, 3.0], [2.5, math.nan], [4.0, math.nan], [3, 5],
+                       stopped_at=9.0)) == 2.0
+    with pytest.raises(ValueError, match="^no request finished in this run$"):
+        m.span(_run([0.0], [math.nan], [math.nan], [2], stopped_at=1.0))
