@@ -207,28 +207,42 @@ class LittleCheck(NamedTuple):
 
     L: float          # time-average number of requests in the system over the window
     lam: float        # arrivals per second in the window
-    W: float          # mean time in system of the requests that arrived in the window
+    W: float          # mean time in system of the window's arrivals that finished
     lam_W: float      # lambda * W
     rel_error: float  # |L - lambda W| / L
+    left_out: int = 0  # arrivals in the window still unfinished when the run stopped (not in W)
 
 
 def littles_law(result, window: tuple[float, float] | None = None) -> LittleCheck:
     """Measure L, lambda and W independently on a run and compare L with lambda * W.
 
     L integrates the number in system over the window (requests still in the system at its end
-    count until then); lambda and W come from the requests that arrived in it.
+    count until then); lambda counts the requests that arrived in it, and W averages the time in
+    system of those of them that finished. On a run stopped early (``simulate(..., until=T)``)
+    the default window ends at the stop, and requests still unfinished there have no time in
+    system to average: they are left out of W and counted in ``left_out``, so a large
+    ``left_out`` says that W (and lambda * W) is biased low.
 
     Args:
-        window: (t0, t1); default from time 0 to the last arrival.
+        window: (t0, t1); default from time 0 to the last arrival, or to the stop if earlier.
     """
     a = result.arrival
     f = np.where(result.completed, result.finish, np.inf)
-    t0, t1 = window if window is not None else (0.0, float(a.max()))
+    if window is None:
+        stop = getattr(result, "stopped_at", None)
+        end = float(a.max())
+        if stop is not None and np.isfinite(stop):
+            end = min(end, float(stop))
+        window = (0.0, end)
+    t0, t1 = window
     if not t1 > t0:
         raise ValueError(f"window must have t1 > t0, got {(t0, t1)}")
     overlap = np.clip(np.minimum(f, t1) - np.maximum(a, t0), 0.0, None)
     L = float(overlap.sum() / (t1 - t0))
     inside = (a >= t0) & (a < t1)
     lam = float(inside.sum() / (t1 - t0))
-    W = float(np.mean(f[inside] - a[inside])) if inside.any() else math.nan
-    return LittleCheck(L, lam, W, lam * W, abs(L - lam * W) / L if L > 0 else math.nan)
+    done = inside & result.completed
+    W = float(np.mean(f[done] - a[done])) if done.any() else math.nan
+    left_out = int((inside & ~result.completed).sum())
+    return LittleCheck(L, lam, W, lam * W, abs(L - lam * W) / L if L > 0 else math.nan,
+                       left_out)

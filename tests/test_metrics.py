@@ -168,3 +168,124 @@ def test_histogram_quantile_q0_over_an_empty_first_bucket_is_its_lower_end():
     assert m.histogram_quantile(0.0, [1.0, 2.0, math.inf], [0, 3, 3]) == 0.0
     # and by hand elsewhere: rank 0.5 * 8 = 4 in (1, 2] holding 6 - 2 = 4: 1 + (4 - 2) / 4 = 1.5
     assert m.histogram_quantile(0.5, [1.0, 2.0, math.inf], [2, 6, 8]) == pytest.approx(1.5)
+
+
+# ----------------------------------------------------------------------------- edges, exactly
+def test_littles_law_on_a_stopped_run_says_what_it_left_out():
+    # arrivals 0, 1, 2; request 0 in system [0, 3], request 1 [1, 2], request 2 unfinished at
+    # the stop (t = 4). Default window: 0 to the last arrival (2). L = (2 + 1 + 0) / 2 = 1.5;
+    # lambda = 2 arrivals in [0, 2) / 2 s = 1; W over the finished ones = (3 + 1) / 2 = 2.
+    res = _run([0.0, 1.0, 2.0], [0.5, 1.5, 2.5], [3.0, 2.0, math.nan], [2, 2, 2], stopped_at=4.0)
+    c = m.littles_law(res)
+    assert (c.L, c.lam, c.W, c.lam_W, c.left_out) == (1.5, 1.0, 2.0, 2.0, 0)
+    assert c.rel_error == pytest.approx(0.5 / 1.5)
+    # window to the stop: L = (3 + 1 + 2) / 4; 3 arrivals / 4 s; W still over the two finished
+    c = m.littles_law(res, window=(0.0, 4.0))
+    assert (c.L, c.lam, c.W, c.left_out) == (1.5, 0.75, 2.0, 1)
+    # stopped before the last arrival: the default window ends at the stop
+    early = _run([0.0, 1.0, 5.0], [0.5, 1.5, math.nan], [1.0, 2.0, math.nan], [2, 2, 2],
+                 stopped_at=3.0)
+    c = m.littles_law(early)
+    assert (c.L, c.lam, c.W, c.left_out) == (2.0 / 3.0, 2.0 / 3.0, 1.0, 0)
+    nothing = _run([0.0, 1.0], [math.nan, math.nan], [math.nan, math.nan], [2, 2], stopped_at=2.0)
+    c = m.littles_law(nothing)
+    assert math.isnan(c.W) and c.left_out == 1 and c.L == 1.0
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: m.percentile([1.0], 101), r"^q must be in \[0.0, 100.0\], got 101$"),
+    (lambda: m.latency_summary([math.nan]), "^latencies is empty: no finished requests"),
+    (lambda: m.percentile([], 50), "^values is empty: no finished requests"),
+    (lambda: m.slo_attainment([1.0], [1.0], ttft_slo=0, tpot_slo=1), "^ttft_slo must be > 0"),
+    (lambda: m.slo_attainment([1.0], [1.0], ttft_slo=1, tpot_slo=-1), "^tpot_slo must be > 0"),
+    (lambda: m.slo_attainment([1.0, 2.0], [1.0], ttft_slo=1, tpot_slo=1),
+     r"^ttft and tpot must have the same length, got \(2,\) and \(1,\)$"),
+    (lambda: m.slo_attainment([1.0], [1.0], ttft_slo=1, tpot_slo=1, finished=[True, False]),
+     r"^finished must have one entry per request, got \(2,\) for \(1,\)$"),
+    (lambda: m.slo_attainment([], [], ttft_slo=1, tpot_slo=1),
+     "^no requests: SLO attainment of nothing is undefined$"),
+    (lambda: m.goodput([1.0], [1.0], ttft_slo=1, tpot_slo=1, duration=0),
+     "^duration must be > 0, got 0$"),
+    (lambda: m.histogram_quantile(-0.1, [1, math.inf], [1, 2]), r"^q must be in \[0.0, 1.0\]"),
+    (lambda: m.histogram_quantile(0.5, [1, math.inf], [1]),
+     "^upper_bounds has 2 entries, cumulative_counts 1$"),
+    (lambda: m.histogram_quantile(0.5, [math.inf], [1]),
+     r"^need at least two buckets and the last upper bound must be \+inf$"),
+    (lambda: m.histogram_quantile(0.5, [1.0, 1.0, math.inf], [1, 1, 2]),
+     "^upper_bounds must be strictly increasing$"),
+    (lambda: m.histogram_quantile(0.5, [1.0, 2.0, 1.5, math.inf], [1, 1, 1, 2]),
+     "^upper_bounds must be strictly increasing$"),
+    (lambda: m.histogram_quantile(0.5, [1.0, 2.0, math.inf], [1, 3, 2]),
+     "^cumulative_counts must be >= 0 and non-decreasing$"),
+    (lambda: m.histogram_quantile(0.5, [1.0, 2.0, 3.0, math.inf], [1, 2, 1, 2]),
+     "^cumulative_counts must be >= 0 and non-decreasing$"),
+    (lambda: m.histogram_quantile(0.5, [1.0, 2.0, math.inf], [-1, 0, 0]),
+     "^cumulative_counts must be >= 0 and non-decreasing$"),
+    (lambda: m.histogram_quantile(0.5, [1.0, math.inf], [0, 0]),
+     "^the histogram has no observations$"),
+    (lambda: m.error_budget_minutes(0.0), r"^slo must be a fraction in \(0, 1\)"),
+    (lambda: m.error_budget_minutes(1.0), r"^slo must be a fraction in \(0, 1\)"),
+    (lambda: m.error_budget_minutes(0.99, days=0), "^days must be > 0, got 0$"),
+])
+def test_bad_input_is_named_exactly(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_histogram_quantile_bucket_by_bucket():
+    le = [0.1, 0.5, 1.0, math.inf]
+    counts = [10, 30, 40, 40]
+    # rank 0.5 * 40 = 20 falls in (0.1, 0.5]: 0.1 + 0.4 * (20 - 10) / 20 = 0.3
+    assert m.histogram_quantile(0.5, le, counts) == pytest.approx(0.3)
+    # rank 0.2 * 40 = 8 in the first bucket, from 0: 0.1 * 8 / 10
+    assert m.histogram_quantile(0.2, le, counts) == pytest.approx(0.08)
+    # rank 0.9 * 40 = 36 in (0.5, 1.0]: 0.5 + 0.5 * 6 / 10
+    assert m.histogram_quantile(0.9, le, counts) == pytest.approx(0.8)
+    # rank in the +Inf bucket: the second-highest bound
+    assert m.histogram_quantile(0.99, [0.1, 0.5, math.inf], [10, 30, 40]) == 0.5
+    assert m.histogram_quantile(1.0, [0.1, 0.5, 1.0, math.inf], [10, 30, 40, 41]) == 1.0
+    # a first bucket with a bound <= 0 answers that bound
+    assert m.histogram_quantile(0.1, [-1.0, 0.5, math.inf], [5, 10, 10]) == -1.0
+    assert m.histogram_quantile(0.1, [0.0, 0.5, math.inf], [5, 10, 10]) == 0.0
+    # with only two buckets, the rank in the first one still interpolates from 0
+    assert m.histogram_quantile(0.25, [2.0, math.inf], [4, 4]) == pytest.approx(0.5)
+
+
+def test_error_budget_edges():
+    assert m.error_budget_minutes(0.99, days=1) == pytest.approx(14.4)
+    assert m.error_budget_minutes(0.5, days=2) == pytest.approx(1440.0)
+
+
+def test_summary_counts_one_token_answers_and_its_keys():
+    res = _run([0.0, 1.0, 2.0], [0.5, 1.5, 2.5], [0.5, 2.5, 4.5], [1, 2, 3])
+    s = m.summarize(res)
+    assert (s["requests"], s["completed"], s["unfinished"], s["one_token"]) == (3, 3, 0, 1)
+    assert s["tpot_mean"] == pytest.approx(1.0)         # (1.0 / 1 + 2.0 / 2) / 2
+    assert "slo_attainment" not in m.summarize(res, ttft_slo=1.0)
+    assert m.summarize(res, ttft_slo=1.0, tpot_slo=1.0)["slo_attainment"] == 1.0
+    two = _run([0.0, 1.0], [0.5, 1.5], [0.5, 3.5], [1, 2])
+    assert "tpot_mean" in m.summarize(two) and m.summarize(two)["one_token"] == 1
+    ones = _run([0.0, 1.0], [0.5, 1.5], [0.5, 1.5], [1, 1])
+    assert "tpot_mean" not in m.summarize(ones)
+
+
+def test_throughput_and_goodput_divide_by_the_window_length():
+    # window 2 s to 6 s: 2 requests, 3 + 5 tokens
+    res = _run([2.0, 3.0], [2.5, 3.5], [4.0, 6.0], [3, 5])
+    assert m.window(res) == (2.0, 6.0)
+    assert m.throughput(res) == {"requests_per_s": 0.5, "tokens_per_s": 2.0}
+    assert m.run_goodput(res, ttft_slo=1.0, tpot_slo=1.0) == pytest.approx(0.5)
+    stopped = _run([2.0, 3.0], [2.5, math.nan], [4.0, math.nan], [3, 5], stopped_at=8.0)
+    assert m.window(stopped) == (2.0, 8.0)
+    with pytest.raises(ValueError, match="^no request finished in this run$"):
+        m.window(_run([0.0], [math.nan], [math.nan], [2], stopped_at=1.0))
+    with pytest.raises(ValueError, match="measurement window is empty"):
+        m.window(_run([1.0], [1.0], [1.0], [1]))
+
+
+def test_span_runs_from_first_arrival_to_last_completion():
+    assert m.span(_run([2.0, 3.0], [2.5, 3.5], [4.0, 6.0], [3, 5])) == 4.0
+    assert m.span(_run([2.0, 3.0], [2.5, math.nan], [4.0, math.nan], [3, 5],
+                       stopped_at=9.0)) == 2.0
+    with pytest.raises(ValueError, match="^no request finished in this run$"):
+        m.span(_run([0.0], [math.nan], [math.nan], [2], stopped_at=1.0))
