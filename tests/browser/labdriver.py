@@ -325,7 +325,12 @@ _OPEN = """async (path) => {
     if (w.context && w.context.model) w.context.model.dirty = false;  // no "save?" dialog
     w.close();
   }
-  await app.commands.execute('docmanager:open', {path, factory: 'Notebook'});
+  // Not awaited: the command's promise can be dropped by the page (Playwright then reports
+  // "Resulting promise was garbage collected"); open_notebook waits for the notebook instead.
+  window.__scalesimOpen = 'opening';
+  app.commands.execute('docmanager:open', {path, factory: 'Notebook'})
+     .then(() => { window.__scalesimOpen = 'open'; },
+           (e) => { window.__scalesimOpen = 'failed: ' + e; });
 }"""
 
 

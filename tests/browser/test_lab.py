@@ -34,17 +34,8 @@ def _notebooks(folder: str) -> list[str]:
 
 LEARNER, SOLUTION = _notebooks("notebooks"), _notebooks("solutions")
 
-# Known failures waiting for a fix on another branch; the integrator drops each after merging it.
-WAITING = {
-    "notebooks/02_batching/02_batching.ipynb":
-        "needs the grading branch's notebook 02 (uses_exercise): with exercise 2 unanswered, "
-        "cell bucket-cost-code raises NameError",
-}
-
-
 def _params(paths):
-    return [pytest.param(p, marks=pytest.mark.xfail(strict=False, reason=WAITING[p]))
-            if p in WAITING else p for p in paths]
+    return list(paths)
 
 
 def test_every_assignment_is_covered():
