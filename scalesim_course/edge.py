@@ -751,9 +751,10 @@ def get_device(name) -> Device:
 def decode_ceiling(weight_bytes: float, device) -> float:
     """Upper bound on single-sequence decode tokens/s: mem_bandwidth / weight_bytes.
 
-    Every decode step reads every weight once (costmodel's roofline), so no batch-1 decode can
-    beat the time to stream the weights; KV-cache reads, activations and overheads only make it
-    slower. NaN when the device's bandwidth is not published.
+    Every decode step reads every matmul weight once (costmodel's roofline; pass
+    `ModelSpec.matmul_params` x bytes per weight: the input-embedding table is a lookup), so no
+    batch-1 decode can beat the time to stream them; KV-cache reads, activations and overheads
+    only make it slower. NaN when the device's bandwidth is not published.
     """
     check_positive("weight_bytes", weight_bytes)
     bw = get_device(device).mem_bandwidth
@@ -764,19 +765,20 @@ def llm_table(models=None, devices=None, bytes_per_param=(2.0, 1.0, 0.5),
               memory_share: float = 0.75) -> list[dict]:
     """For each LLM of `costmodel.MODELS`, weight precision and device: whether the weights fit
     in `memory_share` of its RAM (the rest for the OS, the app and the KV cache), and the
-    decode ceiling tokens/s."""
+    decode ceiling tokens/s (bandwidth over the matmul weights a step reads)."""
     from .costmodel import MODELS
 
     check_in_range("memory_share", memory_share, 0.01, 1.0)
     rows = []
     for m in (models or list(MODELS.values())):
         for bpp in bytes_per_param:
-            size = m.n_params * bpp
+            size = m.n_params * bpp              # all weights are stored and held in memory
+            read = m.matmul_params * bpp         # a decode step reads the matmul weights only
             for d in (devices or list(DEVICES.values())):
                 fits = size <= memory_share * d.memory_bytes and size <= d.storage_bytes
                 rows.append({"model": m.name, "bytes_per_param": bpp, "device": d.name,
                              "weight_bytes": size, "fits": fits,
-                             "tokens_per_s": decode_ceiling(size, d)})
+                             "tokens_per_s": decode_ceiling(read, d)})
     return rows
 
 

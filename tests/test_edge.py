@@ -237,6 +237,11 @@ def test_decode_ceiling_is_bandwidth_over_weight_bytes():
     assert rows["llama-3-8b", 0.5, "raspberry-pi-5-8gb"]["fits"]
     assert not rows["llama-3-8b", 1.0, "raspberry-pi-5-8gb"]["fits"]
     assert get_model("llama-3-8b").n_params == 8_030_261_248
+    # the ceiling divides by the weights a step reads: 8,030,261,248 less the 128,256 x 4,096
+    # embedding table (a lookup) = 7,504,924,672 weights, x 0.5 B at 102 GB/s
+    row = rows["llama-3-8b", 0.5, "jetson-orin-nano-super"]
+    assert row["weight_bytes"] == 8_030_261_248 * 0.5
+    assert row["tokens_per_s"] == pytest.approx(102e9 / (7_504_924_672 * 0.5))
 
 
 def test_fit_models_by_hand():
