@@ -40,6 +40,9 @@ c.ClearSolutions.text_stub = "YOUR ANSWER HERE"
 c.Execute.timeout = 60
 # Keep the kernel's own start-up warnings out of the graders' logs.
 c.Execute.extra_arguments = ["--IPKernelApp.log_level=ERROR"]
+# Stop the kernel at once when a notebook is graded: the scores are in, and a graceful stop
+# waits on the learner's imports to wind down (1.3 s of every grading, measured here).
+c.Execute.shutdown_kernel = "immediate"
 
 # Feedback shows visible tests and one-line errors, never hidden tests or their tracebacks.
 c.GenerateFeedback.preprocessors = [GetGrades, ScrubHiddenTests, CSSHTMLHeaderPreprocessor]

@@ -51,6 +51,20 @@ def tiny_notebook():
     return nb
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _grading_cache(tmp_path_factory):
+    """Keep generated assignments in a folder of this test run, not in ~/.cache."""
+    import os
+
+    saved = os.environ.get("SCALESIM_COURSE_CACHE")
+    os.environ["SCALESIM_COURSE_CACHE"] = str(tmp_path_factory.mktemp("grading-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("SCALESIM_COURSE_CACHE", None)
+    else:
+        os.environ["SCALESIM_COURSE_CACHE"] = saved
+
+
 @pytest.fixture
 def tiny_course(tmp_path) -> Path:
     """A course folder (in this test's tmp_path) with solutions/00_tiny and its release."""

@@ -148,6 +148,104 @@ def test_a_killed_kernel_is_a_one_line_error(tiny_course, submit, capsys):
     assert "NBGRADER_EXECUTION" not in os.environ  # nbgrader leaves it set; later grades would skip
 
 
+AS_NBGRADER = ("import os\n"
+               "assert os.environ.get('NBGRADER_EXECUTION') == 'autograde', 'environment'\n"
+               "assert os.getcwd().endswith(os.path.join('autograded', 'learner', '00_tiny')), "
+               "os.getcwd()\n"
+               "assert get_ipython().execution_count == 3, get_ipython().execution_count\n"
+               "def add(a, b):\n    return a + b")
+
+
+def test_the_kernel_started_early_runs_the_notebook_as_nbgrader_would(tiny_course, submit,
+                                                                       monkeypatch):
+    from jupyter_client.manager import AsyncKernelManager
+
+    from scalesim_course import grading
+
+    started = []
+    start = AsyncKernelManager.start_kernel
+
+    async def counted(self, **kwargs):
+        started.append(self)
+        return await start(self, **kwargs)
+
+    monkeypatch.setattr(AsyncKernelManager, "start_kernel", counted)
+    report = grade(submit(add=AS_NBGRADER), course_root_dir=tiny_course)
+    # The answer cell checks its environment, folder and execution count: 3, as in the kernel
+    # nbgrader starts itself (seen with the early start switched off): the move to the graded
+    # copy's folder runs silently.
+    assert [(e.grade_id, e.earned) for e in report.exercises] == [("add_tests", 2),
+                                                                   ("mean_tests", 0)], report
+    assert len(started) == 1, "one kernel per grading: the early one, not a second"
+    assert not started[0].has_kernel and grading._EARLY == {}  # stopped, none left behind
+
+
+def test_an_early_kernel_is_stopped_when_grading_fails(tiny_course, tmp_path, monkeypatch):
+    from jupyter_client.manager import AsyncKernelManager
+
+    from scalesim_course import grading
+
+    started = []
+    start = AsyncKernelManager.start_kernel
+
+    async def counted(self, **kwargs):
+        started.append(self)
+        return await start(self, **kwargs)
+
+    monkeypatch.setattr(AsyncKernelManager, "start_kernel", counted)
+    stray = tmp_path / "homework.ipynb"
+    nbformat.write(nbformat.v4.new_notebook(), str(stray))
+    with pytest.raises(GradingError, match="can't tell which assignment"):
+        grade(stray, course_root_dir=tiny_course)
+    assert len(started) == 1 and not started[0].has_kernel and grading._EARLY == {}
+
+
+def test_the_generated_assignment_is_kept_on_disk_until_its_source_changes(
+        tiny_course, submit, tmp_path, monkeypatch):
+    from nbgrader.converters import GenerateAssignment
+
+    from scalesim_course import grading
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SCALESIM_COURSE_CACHE", str(cache))
+    monkeypatch.setattr(grading, "_GENERATED", {})  # as in a new kernel
+    runs = []
+    start = GenerateAssignment.start
+
+    def counted(self):
+        runs.append(1)
+        return start(self)
+
+    monkeypatch.setattr(GenerateAssignment, "start", counted)
+    path = submit(add="def add(a, b):\n    return a + b")
+    scores = [(e.grade_id, e.earned) for e in grade(path, course_root_dir=tiny_course).exercises]
+    assert runs == [1] and [p.name[:18] for p in cache.iterdir()] == ["generated-00_tiny-"]
+    monkeypatch.setattr(grading, "_GENERATED", {})  # a new kernel: the disk copy serves
+    assert [(e.grade_id, e.earned) for e in grade(path, course_root_dir=tiny_course)
+            .exercises] == scores == [("add_tests", 2), ("mean_tests", 0)]
+    assert runs == [1]
+    solution = tiny_course / "solutions" / TINY / f"{TINY}.ipynb"
+    nb = nbformat.read(str(solution), as_version=4)
+    nb.cells[-1].source = nb.cells[-1].source.replace("assert_raises(ValueError, mean, [])",
+                                                      "assert mean([4]) == 4")
+    nbformat.write(nb, str(solution))
+    monkeypatch.setattr(grading, "_GENERATED", {})
+    grade(path, course_root_dir=tiny_course)
+    assert runs == [1, 1] and len(list(cache.iterdir())) == 2  # new source: generated again
+
+
+def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
+    from scalesim_course.grading import cache_folder
+
+    monkeypatch.setenv("SCALESIM_COURSE_CACHE", str(tmp_path))
+    assert cache_folder() == tmp_path
+    monkeypatch.setenv("SCALESIM_COURSE_CACHE", "")
+    assert cache_folder() is None  # off
+    monkeypatch.delenv("SCALESIM_COURSE_CACHE")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_folder() == tmp_path / "xdg" / "scalesim-course"
+
+
 # ----------------------------------------------------------------------------- refusals
 @pytest.mark.parametrize("content, reason", [
     ("this is not json", "is not a valid Jupyter notebook"),
