@@ -24,7 +24,6 @@ import functools
 import io
 import os
 import sys
-import time
 import types
 import warnings
 from pathlib import Path
@@ -71,10 +70,10 @@ def grade(notebook, *, assignment: str | None = None, timeout: float | None = No
         saved = _dt.datetime.fromtimestamp(path.stat().st_mtime).strftime("%H:%M:%S")
         print(f"grading the saved file {path.name}, saved at {saved} (save again first if you "
               "changed it since)", flush=True)
-    start = time.perf_counter()
-    report = grading.grade_notebook(path, assignment=assignment, timeout=timeout, html_path=html_path,
-                           course_root_dir=course_root_dir, progress=progress)
-    print(f"graded in {time.perf_counter() - start:.1f} s", flush=True)
+    report = grading.grade_notebook(path, assignment=assignment, timeout=timeout,
+                                    html_path=html_path, course_root_dir=course_root_dir,
+                                    progress=progress)
+    print(report.timing(), flush=True)
     return report
 
 

@@ -86,6 +86,11 @@ class GradeReport:
     steps: dict = field(default_factory=dict)  # seconds per step of grading, for profiling
     cell_seconds: dict = field(default_factory=dict)  # cell_key -> seconds it ran
 
+    def timing(self) -> str:
+        """"graded in 9.6 s (7.9 s running the notebook's cells)": the rest is nbgrader's own."""
+        ran = sum(self.cell_seconds.values())
+        return f"graded in {self.seconds:.1f} s ({ran:.1f} s running the notebook's cells)"
+
     @property
     def total(self) -> tuple[float, float]:
         """(points earned, points possible)."""
@@ -831,5 +836,5 @@ def run(args) -> int:
         print(json.dumps(report.to_json()))
     else:
         print(report.table())
-        print(f"graded in {report.seconds:.1f} s")
+        print(report.timing())
     return 0

@@ -103,3 +103,24 @@ def submit(tiny_course, tmp_path):
 
     return make
 
+
+
+# ----------------------------------------------------------------------------- timing summary
+_AUTOGRADE: list[tuple[str, float, float]] = []
+
+
+def pytest_runtest_logreport(report):
+    """Collect the autograde timings tests record (with xdist, in the controlling process)."""
+    if report.when == "call":
+        _AUTOGRADE.extend(value for key, value in report.user_properties if key == "autograde")
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Print autograde seconds per submission of each notebook, measured by this run."""
+    if not _AUTOGRADE:
+        return
+    terminalreporter.section("autograde seconds per submission (nbgrader's Autograde, "
+                             "one solution notebook each, measured by this run)")
+    for name, seconds, cells in sorted(_AUTOGRADE):
+        terminalreporter.write_line(f"{name}: {seconds:5.1f} s ({cells:.1f} s running its "
+                                    f"cells); a class of 200: {200 * seconds / 60:.0f} min")

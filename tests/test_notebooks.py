@@ -31,8 +31,10 @@ def test_canonical_names():
 
 
 @pytest.mark.parametrize("name", ASSIGNMENTS)
-def test_solution_runs_clean_and_earns_full_marks(name):
+def test_solution_runs_clean_and_earns_full_marks(name, record_property):
     report = grade(source_notebook(name, REPO), course_root_dir=REPO)
+    # printed at the end of the run (tests/conftest.py): what autograde costs per submission
+    record_property("autograde", (name, report.seconds, sum(report.cell_seconds.values())))
     assert report.errors == [], f"cells raised while running {name} headless"
     assert report.notes == []
     assert report.exercises, f"{name} has no graded test cell"
