@@ -711,7 +711,7 @@ class MemoryUse:
     """The memory one call needed, and how the number was obtained.
 
     Attributes:
-        peak_bytes: the peak extra memory of the call (the largest of the repeats).
+        peak_bytes: the peak extra memory of the call (the median of the repeats).
         method: "measured" (peak resident memory of this process, see `peak_memory`) or
             "computed" (the fallback figure, where the platform cannot measure).
         samples: the repeated measurements, bytes (empty when computed).
@@ -781,14 +781,15 @@ def peak_memory(fn: Callable, *args, repeats: int = 5, warmup: int = 1,
     worst moment, whoever allocated it (Python, torch, ONNX Runtime's native arenas, the file's
     bytes read in). It does not count memory that was resident already and reused (code of
     libraries already loaded, caches of Python's or torch's allocators), and it is rounded to
-    4 KiB pages. So a measurement mostly falls short of what the call needs, by however much
-    it reused, which varies from one repeat to the next: the largest of the repeats is
-    reported. Elsewhere (macOS, Windows, no clear_refs): the `fallback` figure, labelled
+    4 KiB pages. Repeats differ (ONNX Runtime's by a fifth or more where this was written):
+    each reuses more or less memory an earlier one freed, and fragmented free memory can make
+    one touch new pages instead; the median of the repeats is reported, with every sample
+    kept. Elsewhere (macOS, Windows, no clear_refs): the `fallback` figure, labelled
     "computed".
 
     Args:
         fn: the call to measure, e.g. one that loads a model from its file and runs it once.
-        repeats: measurements (>= 1); the largest is reported.
+        repeats: measurements (>= 1); their median is reported.
         warmup: untimed calls first (>= 0).
         fallback: bytes to report where the platform cannot measure.
 
@@ -815,7 +816,7 @@ def peak_memory(fn: Callable, *args, repeats: int = 5, warmup: int = 1,
         peak = _status_bytes("VmHWM")
         del result
         samples.append(max(0, peak - before))
-    return MemoryUse(max(samples), "measured", tuple(samples))
+    return MemoryUse(int(np.median(samples)), "measured", tuple(samples))
 
 
 # ----------------------------------------------------------------------------- transformer

@@ -218,7 +218,7 @@ def test_peak_memory_sees_a_known_allocation_and_not_much_more():
 
     use = edge.peak_memory(allocate, repeats=3)
     assert use.measured and use.method == "measured" and len(use.samples) == 3
-    assert use.peak_bytes == max(use.samples)
+    assert use.peak_bytes == sorted(use.samples)[1]  # the median of three
     # the array itself, and at most 1 MiB besides (interpreter, page rounding)
     assert all(size <= b <= size + 2 ** 20 for b in use.samples), use.samples
     # a call that allocates nothing measures under 1 MiB; its result is kept until the reading
