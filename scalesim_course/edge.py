@@ -554,14 +554,17 @@ def load_mlp(path) -> nn.Sequential:
     takes the loaded tensors as they are, so no second copy of the weights is made.
 
     Raises:
-        ValueError: if the file holds packed sub-byte weights or layers that are not Linear.
+        ValueError: if the file holds no layers, packed sub-byte weights or layers that are
+            not Linear.
     """
     state = torch.load(str(path), weights_only=True)
     weights = {}
     for key, value in state.items():
         index, _, kind = key.partition(".")
         weights.setdefault(int(index), {})[kind] = value
-    del state, value
+    del state  # the tensors live on in `weights` only, so a layer's int8 copy can go below
+    if not weights:
+        raise ValueError(f"{path} holds no layers")
     tensors = {}
     for index, layer in weights.items():
         if "weight_q" in layer:

@@ -259,6 +259,10 @@ def test_load_mlp_rebuilds_a_model_from_its_file_by_hand(tmp_path):
     _, packed = edge.quantized_model(edge.mlp((4,)), bits=4)
     with pytest.raises(ValueError, match="sub-byte"):
         edge.load_mlp(edge.save_state(packed, tmp_path / "p.pt"))
+    with pytest.raises(ValueError, match="no layers"):
+        edge.load_mlp(edge.save_state({}, tmp_path / "empty.pt"))
+    with pytest.raises(ValueError, match="not a Linear"):
+        edge.load_mlp(edge.save_state({"0.weight": torch.ones(3)}, tmp_path / "flat.pt"))
 
 
 def test_saved_files_load_back_to_the_same_models(tmp_path):
