@@ -11,7 +11,9 @@ Everything here is measured or computed, never assumed:
 * a real edge runtime: the classifier as an ONNX graph (`to_onnx`) run by ONNX Runtime on the
   CPU (`OrtModel`), and ONNX Runtime's dynamic int8 quantisation (`quantize_onnx_dynamic`);
 * measurement: serialised size (`serialized_bytes`), median latency with its spread over repeats
-  (`time_call`), the memory an inference needs (`inference_memory_bytes`), held-out accuracy
+  (`time_call`), the peak memory of loading a model from its file and running it, measured
+  (`peak_memory`, with `save_state`, `load_mlp`, `CsrMLP.load`) or computed as a lower bound
+  (`inference_memory_bytes`), held-out accuracy
   (`accuracy`), and for the transformer, agreement of next tokens and their KL divergence
   (`token_agreement`);
 * devices as budgets from published specifications (`DEVICES`) and the bandwidth-bound ceiling
@@ -411,6 +413,22 @@ class CsrMLP:
                 h = torch.sparse.mm(w, h) + b[:, None]
         return h.T
 
+    def save(self, path) -> str:
+        """Write the CSR layers (torch's sparse tensors: int64 indices) to `path` with torch.save."""
+        torch.save(self.layers, str(path))
+        return str(path)
+
+    @classmethod
+    def load(cls, path) -> "CsrMLP":
+        """A CsrMLP read back from a file `save` wrote (nothing dense is built on the way)."""
+        import warnings
+
+        run = cls.__new__(cls)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta state"
+            warnings.simplefilter("ignore")
+            run.layers = torch.load(str(path), weights_only=True)
+        return run
+
 
 # ----------------------------------------------------------------------------- ONNX runtime
 def to_onnx(model: nn.Module, path) -> str:
@@ -512,6 +530,68 @@ _WORKDIR = None
 
 
 # ----------------------------------------------------------------------------- measurement
+def save_state(obj, path) -> str:
+    """Write to a file the bytes `serialized_bytes` counts: `torch.save` of a module's
+    state_dict, or of a dict of tensors (e.g. the int8 state of `quantized_model`). (Saved to
+    the path directly, torch would name the archive's folder after the file, and the size
+    would change with the file's name.) Returns the path."""
+    if isinstance(obj, nn.Module):
+        obj = obj.state_dict()
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    with open(path, "wb") as f:
+        f.write(buf.getbuffer())
+    return str(path)
+
+
+def load_mlp(path) -> nn.Sequential:
+    """The MLP a file of `save_state` holds, rebuilt from the file alone, as a device loads it.
+
+    The layers' shapes come from the tensors' ("N.weight", "N.bias": Linear layer N, ReLU
+    between Linear layers). Float weights keep their dtype; int8 weights ("N.weight_q" with
+    "N.weight_scale", as `quantized_model` stores them) are dequantised to float32 at load, as a
+    runtime without integer kernels must. The module is built on torch's "meta" device and
+    takes the loaded tensors as they are, so no second copy of the weights is made.
+
+    Raises:
+        ValueError: if the file holds no layers, packed sub-byte weights or layers that are
+            not Linear.
+    """
+    state = torch.load(str(path), weights_only=True)
+    weights = {}
+    for key, value in state.items():
+        index, _, kind = key.partition(".")
+        weights.setdefault(int(index), {})[kind] = value
+    del state  # the tensors live on in `weights` only, so a layer's int8 copy can go below
+    if not weights:
+        raise ValueError(f"{path} holds no layers")
+    tensors = {}
+    for index, layer in weights.items():
+        if "weight_q" in layer:
+            q = layer.pop("weight_q")
+            if q.dtype != torch.int8:
+                raise ValueError(f"layer {index}: only int8 weights load (packed sub-byte weights do not)")
+            scale = layer.pop("weight_scale").to(torch.float32)
+            weight = q.to(torch.float32)  # then scaled in place: one float32 copy, no temporary
+            weight.mul_(scale[:, None] if scale.dim() == 1 and q.dim() == 2 else scale)
+            layer["weight"] = weight
+            del q  # the int8 copy goes as soon as its layer is float32
+        if set(layer) - {"weight", "bias"} or layer["weight"].dim() != 2:
+            raise ValueError(f"layer {index} is not a Linear layer: {sorted(layer)}")
+        tensors.update({f"{index}.{k}": v for k, v in layer.items()})
+    order = sorted(weights)
+    modules: list[nn.Module] = []
+    with torch.device("meta"):
+        for index in order:
+            while len(modules) < index:
+                modules.append(nn.ReLU())
+            out_features, in_features = weights[index]["weight"].shape
+            modules.append(nn.Linear(in_features, out_features, bias="bias" in weights[index]))
+        model = nn.Sequential(*modules)
+    model.load_state_dict(tensors, assign=True)
+    return model.eval()
+
+
 def serialized_bytes(obj) -> int:
     """Bytes of `torch.save(obj)`: a model's state_dict, or a dict of tensors. For a module, its
     state_dict is saved. (torch's zip format adds about 1 KB of headers per file.)"""
@@ -627,6 +707,119 @@ def inference_memory_bytes(weight_bytes: float, model: nn.Module, batch: int = 1
     widths = [linears(model)[0].in_features] + [m.out_features for m in linears(model)]
     pair = max(a + b for a, b in zip(widths, widths[1:]))
     return int(weight_bytes + pair * batch * activation_bytes)
+
+
+@dataclass(frozen=True)
+class MemoryUse:
+    """The memory one call needed, and how the number was obtained.
+
+    Attributes:
+        peak_bytes: the peak extra memory of the call (the median of the repeats).
+        method: "measured" (peak resident memory of this process, see `peak_memory`) or
+            "computed" (the fallback figure, where the platform cannot measure).
+        samples: the repeated measurements, bytes (empty when computed).
+    """
+
+    peak_bytes: int
+    method: str
+    samples: tuple = ()
+
+    @property
+    def measured(self) -> bool:
+        return self.method == "measured"
+
+
+_STATUS = "/proc/self/status"
+_CLEAR_REFS = "/proc/self/clear_refs"
+
+
+def _status_bytes(field: str) -> int:
+    """A "kB" field of /proc/self/status (VmRSS, VmHWM), in bytes."""
+    with open(_STATUS) as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise OSError(f"{field} is not in {_STATUS}")
+
+
+def _reset_peak_rss() -> bool:
+    """Reset this process's peak resident set size (VmHWM) to its current size; False where the
+    platform cannot (not Linux, or /proc/self/clear_refs not writable)."""
+    try:
+        with open(_CLEAR_REFS, "w") as f:
+            f.write("5")  # 5: reset the peak RSS counter (Linux >= 4.0)
+        return _status_bytes("VmHWM") <= _status_bytes("VmRSS") + 256 * 1024
+    except OSError:
+        return False
+
+
+def _release_free_memory() -> None:
+    """Collect young garbage and hand the C heap's free pages back to the OS (glibc's
+    malloc_trim), so that a measurement sees the pages a call touches, not pages freed earlier
+    and reused. (A full gc.collect() takes a quarter of a second once torch is imported.)"""
+    import gc
+
+    gc.collect(0)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def peak_memory_supported() -> bool:
+    """Whether `peak_memory` measures on this machine (Linux with a writable /proc/self/clear_refs)."""
+    return _reset_peak_rss()
+
+
+def peak_memory(fn: Callable, *args, repeats: int = 5, warmup: int = 1,
+                fallback: float | None = None) -> MemoryUse:
+    """The peak extra resident memory of fn(*args), measured in this process.
+
+    On Linux: run fn once untimed (`warmup`: lazy imports and one-time initialisation are not
+    the call's), return freed C-heap pages to the OS, reset the process's peak resident set
+    size (write "5" to /proc/self/clear_refs), note the resident size (VmRSS), call fn, and read
+    the peak (VmHWM): peak minus baseline is every page of RAM the call made resident at its
+    worst moment, whoever allocated it (Python, torch, ONNX Runtime's native arenas, the file's
+    bytes read in). It does not count memory that was resident already and reused (code of
+    libraries already loaded, caches of Python's or torch's allocators), and it is rounded to
+    4 KiB pages. Repeats differ (ONNX Runtime's by a fifth or more where this was written):
+    each reuses more or less memory an earlier one freed, and fragmented free memory can make
+    one touch new pages instead; the median of the repeats is reported, with every sample
+    kept. Elsewhere (macOS, Windows, no clear_refs): the `fallback` figure, labelled
+    "computed".
+
+    Args:
+        fn: the call to measure, e.g. one that loads a model from its file and runs it once.
+        repeats: measurements (>= 1); their median is reported.
+        warmup: untimed calls first (>= 0).
+        fallback: bytes to report where the platform cannot measure.
+
+    Returns:
+        a `MemoryUse`.
+
+    Raises:
+        RuntimeError: if the platform cannot measure and no fallback is given.
+    """
+    check_int("repeats", repeats, minimum=1)
+    if not _reset_peak_rss():
+        if fallback is None:
+            raise RuntimeError("peak memory cannot be measured here (needs Linux's /proc/self/clear_refs); "
+                               "pass a fallback figure")
+        return MemoryUse(int(fallback), "computed")
+    for _ in range(check_int("warmup", warmup, minimum=0)):
+        fn(*args)
+    samples = []
+    for _ in range(repeats):
+        _release_free_memory()
+        _reset_peak_rss()
+        before = _status_bytes("VmRSS")
+        result = fn(*args)
+        peak = _status_bytes("VmHWM")
+        del result
+        samples.append(max(0, peak - before))
+    return MemoryUse(int(np.median(samples)), "measured", tuple(samples))
 
 
 # ----------------------------------------------------------------------------- transformer
@@ -909,19 +1102,22 @@ def human_bytes(n: float, binary: bool = False) -> str:
 
 def plot_tradeoffs(results: dict, axes=None, floor: float = 0.9):
     """Accuracy against size and against latency (log axes), the Pareto front of each in
-    orange and labelled, the latency's p10-p90 band in grey.
+    orange, its points numbered from the cheapest and named in a key under the panel (names
+    next to the points would overlap where points crowd), the latency's p10-p90 band in grey.
 
     Args:
         results: name -> {"size_bytes", "latency_s", "accuracy", "timing" (a Timing)}.
         floor: lowest accuracy shown; variants below it are counted in a note on the figure.
     """
+    import matplotlib.patheffects as pe
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     from . import plots
 
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(12, 5), layout="constrained")
+        _, axes = plt.subplots(1, 2, figsize=(12, 5.6), layout="constrained")
     names = list(results)
     ys = np.array([results[n]["accuracy"] for n in names])
     for ax, key, scale, label, title in (
@@ -934,13 +1130,19 @@ def plot_tradeoffs(results: dict, axes=None, floor: float = 0.9):
             for i, n in enumerate(names):
                 t = results[n]["timing"]
                 ax.plot([t.p10 * scale, t.p90 * scale], [ys[i], ys[i]], color="grey", lw=1, zorder=0)
-        ax.plot(xs[front], ys[front], "-", color=plots.PALETTE[3], lw=2, zorder=1,
-                label="Pareto front")
+        line, = ax.plot(xs[front], ys[front], "-", color=plots.PALETTE[3], lw=2, zorder=1)
         ax.scatter(xs, ys, s=45, zorder=2, color=[plots.PALETTE[3] if i in front
                                                   else plots.PALETTE[0] for i in range(len(names))])
-        for k, i in enumerate(front):
-            ax.annotate(names[i], (xs[i], ys[i]), xytext=(5, -13 - 11 * (k % 2)),
-                        textcoords="offset points", fontsize=8, color=plots.PALETTE[3])
+        key = [(line, "Pareto front")]
+        for k, i in enumerate(front, 1):
+            # the number above its point, or below it every other one (neighbours on the front
+            # sit close in accuracy); a white halo keeps it readable over lines and points
+            ax.annotate(str(k), (xs[i], ys[i]), xytext=(0, 7 if k % 2 else -15),
+                        textcoords="offset points", ha="center", fontsize=9, fontweight="bold",
+                        color=plots.PALETTE[3], zorder=3,
+                        path_effects=[pe.withStroke(linewidth=3, foreground="white")])
+            key.append((Line2D([], [], ls="none", marker=f"${k}$", color=plots.PALETTE[3]),
+                        names[i]))
         ax.set(xscale="log", xlabel=label, ylabel="held-out accuracy", title=title,
                ylim=(floor, 1.0))
         below = int((ys < floor).sum())
@@ -950,7 +1152,9 @@ def plot_tradeoffs(results: dict, axes=None, floor: float = 0.9):
         ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(NullFormatter())
-        ax.legend(loc="lower right")
+        ax.legend(*zip(*key), loc="upper left", bbox_to_anchor=(0.0, -0.16), fontsize=8,
+                  frameon=False, title="on the Pareto front, from the cheapest",
+                  title_fontsize=8, alignment="left")
     return axes
 
 

@@ -204,6 +204,87 @@ def test_inference_memory_is_weights_plus_the_widest_pair_of_activations():
     assert edge.inference_memory_bytes(1000, model, batch=2) == 1000 + 4096
 
 
+needs_peak_rss = pytest.mark.skipif(not edge.peak_memory_supported(),
+                                    reason="no resettable peak RSS here (needs Linux's /proc/self/clear_refs)")
+
+
+@needs_peak_rss
+def test_peak_memory_sees_a_known_allocation_and_not_much_more():
+    size = 8 * 2 ** 20
+
+    def allocate():
+        block = np.ones(size // 8)  # 8 MiB, every page written
+        return float(block.sum())
+
+    use = edge.peak_memory(allocate, repeats=3)
+    assert use.measured and use.method == "measured" and len(use.samples) == 3
+    assert use.peak_bytes == sorted(use.samples)[1]  # the median of three
+    # the array itself, and at most 1 MiB besides (interpreter, page rounding)
+    assert all(size <= b <= size + 2 ** 20 for b in use.samples), use.samples
+    # a call that allocates nothing measures under 1 MiB; its result is kept until the reading
+    assert edge.peak_memory(lambda: None).peak_bytes < 2 ** 20
+    kept = edge.peak_memory(lambda: np.ones(size // 8), repeats=1)
+    assert size <= kept.peak_bytes <= size + 2 ** 20
+
+
+def test_peak_memory_runs_warmup_and_repeats_and_falls_back_where_it_cannot_measure(monkeypatch):
+    calls = []
+    if edge.peak_memory_supported():
+        edge.peak_memory(calls.append, 1, repeats=4, warmup=2)
+        assert calls == [1] * 6
+    monkeypatch.setattr(edge, "_reset_peak_rss", lambda: False)
+    assert not edge.peak_memory_supported()
+    use = edge.peak_memory(calls.append, 1, fallback=1234.0)
+    assert use == edge.MemoryUse(1234, "computed") and not use.measured
+    with pytest.raises(RuntimeError, match="fallback"):
+        edge.peak_memory(calls.append, 1)
+    with pytest.raises(ValueError, match="repeats"):
+        edge.peak_memory(calls.append, 1, repeats=0, fallback=1)
+
+
+def test_load_mlp_rebuilds_a_model_from_its_file_by_hand(tmp_path):
+    # Linear 2 -> 1 (weights 1, 2; bias 0.5), ReLU, Linear 1 -> 1 (weight 3, bias 0):
+    # x = (1, 1): relu(1 + 2 + 0.5) * 3 = 10.5; x = (-1, -1): relu(-2.5) * 3 = 0
+    state = {"0.weight": torch.tensor([[1.0, 2.0]]), "0.bias": torch.tensor([0.5]),
+             "2.weight": torch.tensor([[3.0]]), "2.bias": torch.tensor([0.0])}
+    model = edge.load_mlp(edge.save_state(state, tmp_path / "m.pt"))
+    assert [type(m).__name__ for m in model] == ["Linear", "ReLU", "Linear"]
+    assert model(torch.tensor([[1.0, 1.0], [-1.0, -1.0]])).flatten().tolist() == [10.5, 0.0]
+    # int8 weights are dequantised at load: q (2, -1) with scale 0.5 is the weight (1, -0.5)
+    state = {"0.weight_q": torch.tensor([[2, -1]], dtype=torch.int8),
+             "0.weight_scale": torch.tensor([0.5]), "0.bias": torch.tensor([0.0])}
+    model = edge.load_mlp(edge.save_state(state, tmp_path / "q.pt"))
+    assert model[0].weight.dtype == torch.float32 and model[0].weight.tolist() == [[1.0, -0.5]]
+    # packed sub-byte weights do not load
+    _, packed = edge.quantized_model(edge.mlp((4,)), bits=4)
+    with pytest.raises(ValueError, match="sub-byte"):
+        edge.load_mlp(edge.save_state(packed, tmp_path / "p.pt"))
+    with pytest.raises(ValueError, match="no layers"):
+        edge.load_mlp(edge.save_state({}, tmp_path / "empty.pt"))
+    with pytest.raises(ValueError, match="not a Linear"):
+        edge.load_mlp(edge.save_state({"0.weight": torch.ones(3)}, tmp_path / "flat.pt"))
+
+
+def test_saved_files_load_back_to_the_same_models(tmp_path):
+    model = edge.mlp((32, 16), seed=2)
+    x = torch.rand(5, 64, generator=torch.Generator().manual_seed(1))
+    path = edge.save_state(model, tmp_path / "m.pt")
+    import os
+
+    assert os.path.getsize(path) == edge.serialized_bytes(model)
+    with torch.no_grad():
+        assert torch.equal(edge.load_mlp(path)(x), model(x))
+        half = edge.cast(model, torch.float16)
+        back = edge.load_mlp(edge.save_state(half, tmp_path / "h.pt"))
+        assert back[0].weight.dtype == torch.float16 and torch.equal(back(x.half()), half(x.half()))
+        quantized, state = edge.quantized_model(model, bits=8, per_channel=False)
+        back = edge.load_mlp(edge.save_state(state, tmp_path / "q.pt"))
+        assert torch.allclose(back(x), quantized(x), atol=1e-6)
+        sparse = edge.CsrMLP(edge.pruned_model(model, 0.8))
+        again = edge.CsrMLP.load(sparse.save(tmp_path / "s.pt"))
+        assert torch.equal(again(x), sparse(x))
+
+
 def test_token_agreement_of_a_model_with_itself_and_with_a_compressed_copy():
     from scalesim_course.tinymodel import TinyConfig, TinyTransformer
 
@@ -270,6 +351,25 @@ def test_human_bytes():
     assert edge.human_bytes(512) == "512 B"
     assert edge.human_bytes(math.inf) == "any"
     assert edge.human_bytes(256 * 1024, binary=True) == "256 KiB"
+
+
+def test_tradeoff_figure_numbers_the_front_from_the_cheapest():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timing = edge.Timing((1e-4, 1e-4, 1e-4))
+    # (size, accuracy): "a" (10, 0.95) and "c" (40, 0.99) are on the size front; "b" (20, 0.94)
+    # is beaten by "a" (smaller and more accurate)
+    results = {n: {"size_bytes": s, "latency_s": lat, "accuracy": acc, "timing": timing}
+               for n, s, lat, acc in (("c", 40e3, 3e-4, 0.99), ("a", 10e3, 1e-4, 0.95),
+                                      ("b", 20e3, 2e-4, 0.94))}
+    size_ax, _ = edge.plot_tradeoffs(results)
+    labels = [t.get_text() for t in size_ax.get_legend().get_texts()]
+    assert labels == ["Pareto front", "a", "c"]
+    assert sorted(t.get_text() for t in size_ax.texts if t.get_text() in "12") == ["1", "2"]
+    plt.close("all")
 
 
 def test_explorer_builds_and_renders():
