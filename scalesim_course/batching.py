@@ -459,7 +459,6 @@ def replay_steps(step: Callable, requests: Sequence[Seq], arrival_step: Sequence
             arrived += 1
         if arrived == n and not running and not waiting:
             break
-        assert t < max_steps, f"not done after {max_steps} steps"
         admitted, still, finished = step(list(running), list(waiting), kv_budget, max_batch)
         admitted, still, finished = list(admitted), list(still), list(finished)
         done = [s for s in running if s.generated >= s.output_tokens]
@@ -492,6 +491,7 @@ def replay_steps(step: Callable, requests: Sequence[Seq], arrival_step: Sequence
             if arrived < n:
                 t = max(t, arrival_step[arrived])  # idle until the next arrival
             continue
+        assert t < max_steps, f"not done after {max_steps} steps"
         running = [s._replace(generated=s.generated + 1) for s in batch]
         sizes.append(len(batch))
         used.append(kv)

@@ -79,10 +79,19 @@ def test_dynamic_batcher_with_zero_delay_is_work_conserving():
     (batching.dynamic_batcher, (4, -1.0), ValueError, "max_delay"),
     (batching.dynamic_batcher, (4, "1"), TypeError, "max_delay"),
     (batching.batcher_from_rule, ("rule", 4, 0.1), TypeError, "form_batches"),
+    (batching.batcher_from_rule, (batching.form_dynamic_batches, 0, 0.1), ValueError, "max_batch"),
+    (batching.batcher_from_rule, (batching.form_dynamic_batches, 2.5, 0.1), TypeError, "max_batch"),
+    (batching.batcher_from_rule, (batching.form_dynamic_batches, 2, -0.1), ValueError, "max_delay"),
 ])
 def test_hooks_name_their_bad_parameter(make, args, exc, name):
-    with pytest.raises(exc, match=name):
+    with pytest.raises(exc, match=rf"\b{name}\b"):
         make(*args)
+
+
+def test_hooks_accept_a_batch_of_one():
+    assert batching.static_batcher(1)(["a request"]) == 1
+    assert batching.dynamic_batcher(1, 0.5)(["a request"]) == 1
+    batching.batcher_from_rule(batching.form_dynamic_batches, 1, 0.0)
 
 
 # ----------------------------------------------------------------------------- exercise 1
@@ -98,11 +107,11 @@ def test_form_dynamic_batches_examples():
 
 
 @pytest.mark.parametrize("args, exc, name", [
-    (([0.0], 0, 0.1), ValueError, "max_batch"),
-    (([0.0], 1.5, 0.1), TypeError, "max_batch"),
-    (([0.0], 2, -0.1), ValueError, "max_delay"),
-    (([1.0, 0.0], 2, 0.1), ValueError, "sorted"),
-    (([0.0, math.nan], 2, 0.1), ValueError, "finite"),
+    (([0.0], 0, 0.1), ValueError, r"\bmax_batch\b"),
+    (([0.0], 1.5, 0.1), TypeError, r"\bmax_batch\b"),
+    (([0.0], 2, -0.1), ValueError, r"\bmax_delay\b"),
+    (([1.0, 0.0], 2, 0.1), ValueError, r"\barrivals\b.*sorted"),
+    (([0.0, math.nan], 2, 0.1), ValueError, r"\barrivals\b.*finite"),
 ])
 def test_form_dynamic_batches_refuses_bad_input(args, exc, name):
     with pytest.raises(exc, match=name):
@@ -173,7 +182,7 @@ def test_bucket_requests_boundaries_and_overflow():
 
 
 @pytest.mark.parametrize("lengths, bounds, exc, name", [
-    ([10], [], ValueError, "empty"),
+    ([10], [], ValueError, r"\bbucket_bounds\b.*empty"),
     ([10], [64, 64], ValueError, "increasing"),
     ([10], [128, 64], ValueError, "increasing"),
     ([0], [64], ValueError, r"lengths\[0\]"),
@@ -228,14 +237,17 @@ def test_continuous_step_example_from_the_notebook():
     assert admitted[0] is waiting[0] and still[0] is running[1]     # the given records
     assert batching.continuous_batching_step(running, waiting, 100, max_batch=1)[0] == []
     assert batching.continuous_batching_step([], [], 100) == ([], [], [])
+    assert batching.continuous_batching_step([], [], 1) == ([], [], [])
+    # a request needing the whole budget fits
+    assert batching.continuous_batching_step([], waiting[:1], 50) == ([waiting[0]], [], [])
 
 
 @pytest.mark.parametrize("args, exc, name", [
     (([], [Seq(5, 90, 20)], 100), ValueError, "could never run"),
-    (([], [Seq(1, 1, 1), Seq(5, 90, 20)], 100), ValueError, "request 5"),
-    (([], [], 0), ValueError, "kv_budget"),
-    (([], [], 10.0), TypeError, "kv_budget"),
-    (([], [], 10, 0), ValueError, "max_batch"),
+    (([], [Seq(1, 1, 1), Seq(5, 90, 20)], 100), ValueError, "request 5 needs 110 KV tokens"),
+    (([], [], 0), ValueError, r"\bkv_budget\b"),
+    (([], [], 10.0), TypeError, r"\bkv_budget\b"),
+    (([], [], 10, 0), ValueError, r"\bmax_batch\b"),
 ])
 def test_continuous_step_refuses_impossible_budgets(args, exc, name):
     with pytest.raises(exc, match=name):
