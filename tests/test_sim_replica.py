@@ -373,9 +373,11 @@ def test_custom_schedulers_must_respect_batch_slots_and_kv():
     with pytest.raises(ValueError, match=r"scheduler greedy returned \[0, 1, 2\].* 2 batch slot"):
         sim.simulate(wl, mode="iteration", cost=constant_step(1.0), scheduler=greedy,
                      max_batch=2)
-    with pytest.raises(ValueError, match=r"scheduler greedy .*reserve 12 KV tokens but only "
-                                         r"11 are free"):
-        sim.simulate(wl, mode="iteration", cost=constant_step(1.0), scheduler=greedy,
+    # KV 11: r0 (2 + 2) alone at 0; at 1 r1 and r2 (t=0.5) would reserve 8 of the 7 left
+    later = Workload.build([0.0, 0.5, 0.5], prompt_tokens=[2, 2, 2], output_tokens=[2, 2, 2])
+    with pytest.raises(ValueError, match=r"scheduler greedy returned \[1, 2\]: they reserve 8 KV "
+                                         r"tokens but only 7 are free"):
+        sim.simulate(later, mode="iteration", cost=constant_step(1.0), scheduler=greedy,
                      kv_capacity=11)
 
 
@@ -573,3 +575,44 @@ def test_batcher_retries_count_from_the_last_start_or_finish():
     long_first = Workload.build([0.0, 0.5], service_time=[100.0, 1.0])
     res = sim.simulate(long_first, servers=2, batcher=hesitant(10_000))
     assert res.start[1] == pytest.approx(10.5) and res.completed.all()
+
+
+def test_a_retry_that_starts_a_batch_is_progress():
+    # three servers; r0 (t=0) starts at once. r1 and r2 arrive at 0.5; the batcher keeps one
+    # retry pending (answering 0 while one is due). r1 is declined 5 times (on arrival, on
+    # r2's arrival, then by the retries at 0.501, 0.502, 0.503) and taken by the retry at
+    # 0.504, which asks about r2 next: a decline, then 9,999 declining retries (1 ms apart),
+    # then r2 starts at 0.504 + 10 s. The retry at 0.504 started r1, so it does not count
+    # towards the 10,000 retries in a row that raise.
+    asked, due = {}, [-1.0]
+    limit = {1: 5, 2: 10_000}
+
+    def batcher(q):
+        head = q[0].id
+        if head == 0:
+            return 1
+        asked[head] = asked.get(head, 0) + 1
+        if asked[head] > limit[head]:
+            return 1
+        if due[0] > q.now:
+            return 0
+        due[0] = q.now + 0.001
+        return BatchDecision(0, due[0])
+
+    wl = Workload.build([0.0, 0.5, 0.5], service_time=[100.0, 100.0, 1.0])
+    res = sim.simulate(wl, servers=3, batcher=batcher)
+    assert res.start.tolist() == pytest.approx([0.0, 0.504, 10.504])
+    assert res.completed.all()
+
+
+def test_a_manager_that_overfills_is_named_with_what_it_uses():
+    class Hog(Lazy):
+        def grow(self, running):
+            for s in running:
+                self.alloc[s.id] = 50
+            return []
+
+    # two sequences of 50 slots each in a pool of 60
+    wl = Workload.build([0.0, 0.0], prompt_tokens=[4, 4], output_tokens=[4, 4])
+    with pytest.raises(ValueError, match=r"KV manager .*Hog.used\(\) returned 100: .*60"):
+        sim.simulate(wl, mode="iteration", cost=constant_step(1.0), kv=Hog, kv_capacity=60)
