@@ -5,6 +5,7 @@ batch time is known (a constant, or a few exact binary fractions), so each start
 and finish time is worked out by hand in the comments, never read back from the engine.
 """
 import math
+import re
 
 import pytest
 
@@ -539,8 +540,23 @@ def test_scheduler_errors_name_the_scheduler_and_its_answer(answer, exc):
         return answer
 
     wl = Workload.build([0.0], prompt_tokens=[5], output_tokens=[2])
-    with pytest.raises(exc, match=rf"^scheduler admit returned {answer!r}: ".replace("[", r"\[")):
+    with pytest.raises(exc, match=f"^scheduler admit returned {re.escape(repr(answer))}: "):
         sim.simulate(wl, mode="iteration", cost=constant_step(1.0), scheduler=admit)
+    if answer == [7]:   # the ids that are not waiting are named
+        with pytest.raises(exc, match=r"ids \[7\]"):
+            sim.simulate(wl, mode="iteration", cost=constant_step(1.0), scheduler=admit)
+
+
+@pytest.mark.parametrize("answer, exc", [
+    (1.0, TypeError), (BatchDecision(1.0), TypeError), (5, ValueError),
+    (BatchDecision(1, 5.0), ValueError), (BatchDecision(0, "soon"), TypeError),
+    (BatchDecision(0, 0.0), ValueError)])
+def test_batcher_errors_name_the_batcher_and_its_answer(answer, exc):
+    def batch(queue):
+        return answer
+
+    with pytest.raises(exc, match=f"^batcher batch returned {re.escape(repr(answer))}: "):
+        sim.simulate(Workload.build([0.0], service_time=[1.0]), batcher=batch)
 
 
 def test_a_refused_lone_request_names_the_manager_and_the_request():
