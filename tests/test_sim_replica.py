@@ -154,16 +154,17 @@ def test_two_servers_share_one_queue(policy):
 def test_a_batcher_retry_starts_a_batch_later():
     # wait up to 1 s for a second request: r0 (t=0) waits alone until its retry at 1 and runs
     # [1, 2]; r1 (t=3) asks for a retry at 4, but r2 arrives at 3.5 and the pair runs
-    # [3.5, 4.5]; the retry at 4 then finds the queue empty and does nothing
+    # [3.5, 4] (0.5 s each); the retry at 4 (due before the pair's end, also at 4) finds the
+    # queue empty and does nothing
     def within_a_second(q):
         if len(q) >= 2 or q.now >= q[0].arrival + 1.0:
             return len(q)
         return BatchDecision(0, q[0].arrival + 1.0)
 
-    wl = Workload.build([0.0, 3.0, 3.5], service_time=[1.0, 1.0, 1.0])
+    wl = Workload.build([0.0, 3.0, 3.5], service_time=[1.0, 0.5, 0.5])
     res = sim.simulate(wl, batcher=within_a_second)
     assert res.start.tolist() == [1.0, 3.5, 3.5]
-    assert res.finish.tolist() == [2.0, 4.5, 4.5]
+    assert res.finish.tolist() == [2.0, 4.0, 4.0]
 
 
 def test_a_draining_request_replica_stops_when_its_last_server_frees():
