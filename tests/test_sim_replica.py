@@ -449,9 +449,9 @@ def test_a_manager_that_names_every_sequence_raises_no_progress():
         def grow(self, running):
             return [s.id for s in running] if super().grow(running) else []
 
-    # contexts 4 + 5 fit 10; after one step 5 + 6 = 11 do not: the biggest is r1 with 6
-    wl = Workload.build([0.0, 0.0], prompt_tokens=[4, 5], output_tokens=[4, 4])
-    with pytest.raises(NoProgressError, match=r"KV manager .*All cannot make room .*request 1 "
+    # contexts 5 + 4 fit 10; after one step 6 + 5 = 11 do not: the biggest is r0 with 6
+    wl = Workload.build([0.0, 0.0], prompt_tokens=[5, 4], output_tokens=[4, 4])
+    with pytest.raises(NoProgressError, match=r"KV manager .*All cannot make room .*request 0 "
                                               r"needs 6 tokens of KV, capacity 10"):
         sim.simulate(wl, mode="iteration", cost=constant_step(1.0), kv=All, kv_capacity=10)
 
@@ -633,3 +633,19 @@ def test_a_manager_that_overfills_is_named_with_what_it_uses():
     wl = Workload.build([0.0, 0.0], prompt_tokens=[4, 4], output_tokens=[4, 4])
     with pytest.raises(ValueError, match=r"KV manager .*Hog.used\(\) returned 100: .*60"):
         sim.simulate(wl, mode="iteration", cost=constant_step(1.0), kv=Hog, kv_capacity=60)
+
+
+def test_events_due_at_the_same_instant_run_in_the_order_they_were_scheduled():
+    # two servers, 5 s requests; the batcher takes one request when three wait or from t=5
+    # on, and otherwise asks again at 5. At 0: r0 waits (retry 1 due at 5), r1 too (retry 2),
+    # r2 makes three: r0 starts (its end is due at 5), then two wait again (retry 3). At 5,
+    # in that order: retry 1 starts r1; retry 2 finds both servers busy; r0 ends and r2
+    # starts on its server; retry 3 finds the queue empty.
+    def three_or_at_five(q):
+        if len(q) >= 3 or q.now >= 5.0:
+            return 1
+        return BatchDecision(0, 5.0)
+
+    wl = Workload.build([0.0, 0.0, 0.0], service_time=[5.0, 5.0, 5.0])
+    res = sim.simulate(wl, servers=2, batcher=three_or_at_five)
+    assert res.start.tolist() == [0.0, 5.0, 5.0] and res.finish.tolist() == [5.0, 10.0, 10.0]
