@@ -348,7 +348,7 @@ class IterationReplica(Replica):
             if resume and r.id in resume:
                 s = _Seq(r, resume.pop(r.id), now)
             else:
-                s = _Seq(r)
+                s = _Seq(r, 0, now)
                 start[r.id] = now
                 sim.n_started += 1
             running[r.id] = s
