@@ -128,6 +128,21 @@ def test_a_stop_at_zero_and_integer_stops():
         assert res.stopped_at == 3.0 and res.finish.tolist() == [2.0]
 
 
+@pytest.mark.parametrize("router", [None, route_to(0)])
+def test_a_stop_before_the_first_arrival(router):
+    # nothing happened: the clock never moved (end 0), the replica was up for the 2 s
+    res = sim.simulate(timed([5.0], [1.0]), until=2.0, router=router)
+    assert (res.end_time, res.stopped_at) == (0.0, 2.0)
+    assert res.up_time.tolist() == [2.0] and res.busy_time.tolist() == [0.0]
+    assert res.replica.tolist() == [-1] and res.unfinished == 1
+
+
+def test_a_stop_while_a_batcher_waits_is_not_an_error():
+    # declines at 0, 1, ..., 5 (retrying 1 s later); the stop at 5.5 comes first
+    res = sim.simulate(timed([0.0], [1.0]), batcher=declining(100), until=5.5)
+    assert res.unfinished == 1 and math.isnan(res.start[0]) and res.n_steps == 0
+
+
 @pytest.mark.parametrize("until", [True, np.True_, [1.0]])
 def test_until_refuses_bools_and_non_numbers(until):
     with pytest.raises(TypeError, match="until"):
@@ -250,15 +265,27 @@ def test_scale_to_zero_may_hold_requests_for_idle_ticks_minus_one_ticks(zeros):
     wl = timed([0.5], [1.0])
     if zeros == 100:
         with pytest.raises(NoProgressError, match=r"autoscaler scaler kept 0 replicas for 100 "
-                           r"ticks \(until t=100 s\) while 1 requests"):
+                           r"ticks \(until t=100 s\) while 1 requests wait for a replica"):
             sim.simulate(wl, **settings)
         return
     res = sim.simulate(wl, **settings)
     assert res.start.tolist() == [100.0] and res.finish.tolist() == [101.0]
     assert [v.held for v in views[98:]] == [1, 1, 0]
+    # tick 101: up for the last 1 s of the interval and busy all of it
+    assert views[100].busy_fraction == (1.0,) and views[100].concurrency == (1.0,)
     assert res.scale_events == [(100.0, 0, 1)]
     assert res.fleet_log == [(0.0, 0, 0), (100.0, 0, 1), (100.0, 1, 0)]
     assert res.provisioned_replica_seconds == 1.0 and res.end_time == 101.0
+
+
+def test_idle_ticks_count_from_when_nothing_but_ticks_is_left():
+    # r0 held from 0.5; tick 1 starts a replica (up at 5.5), tick 2 cancels it. Ticks 1 to 5
+    # see an event pending (the start-up, its ready event at 5.5): no count. From tick 6 on
+    # nothing but ticks is left: tick 6 is the 1st idle tick, tick 105 the 100th: it raises.
+    scaler, _, _ = scripted([1], 0)
+    with pytest.raises(NoProgressError, match=r"kept 0 replicas for 100 ticks \(until t=105 s\)"):
+        sim.simulate(timed([0.5], [1.0]), replicas=0, min_replicas=0, autoscaler=scaler,
+                     autoscale_interval=1.0, startup_delay=4.5)
 
 
 # ----------------------------------------------------------------------------- the fleet
@@ -287,6 +314,26 @@ def test_a_stop_during_a_start_up_counts_provisioning_but_no_up_time():
     assert res.up_time.tolist() == [20.0, 0.0] and res.busy_time.tolist() == [20.0, 0.0]
     assert res.provisioned_replica_seconds == 30.0 and res.stopped_at == 20.0
     assert res.fleet_log == [(0.0, 1, 0), (10.0, 1, 1)]
+
+
+def test_replicas_started_together_come_up_in_order():
+    # tick 10 asks 3: replicas 1 and 2 start, both up at 15 (ready in the order scheduled);
+    # r1 at 20 sees ids 0, 1, 2 at indices 0, 1, 2 and goes to the first idle one
+    seen = []
+
+    def router(req, replicas, rng):
+        seen.append([(r.id, r.index, r.state) for r in replicas])
+        return min(range(len(replicas)), key=lambda k: replicas[k].outstanding)
+
+    scaler, _, live = scripted([3], 3)
+    res = sim.simulate(timed([0.0, 20.0], [100.0, 1.0]), router=router, autoscaler=scaler,
+                       autoscale_interval=10.0, startup_delay=5.0, until=25.0)
+    assert seen[1] == [(0, 0, "up"), (1, 1, "up"), (2, 2, "up")]
+    assert res.replica.tolist() == [0, 1] and res.finish[1] == 21.0
+    assert live[1][0] == [(0, "up", 0), (1, "up", 1), (2, "up", 2)]
+    assert res.fleet_log == [(0.0, 1, 0), (10.0, 1, 2), (15.0, 2, 1), (15.0, 3, 0)]
+    assert res.up_time.tolist() == [25.0, 10.0, 10.0]
+    assert res.provisioned_replica_seconds == 25.0 + 15.0 + 15.0
 
 
 def test_scale_down_drains_the_least_loaded_replica():
@@ -370,6 +417,37 @@ def test_delayed_views_before_time_t_show_an_empty_replica():
     assert seen[2] == [(1, 1, 0, 2, 2), (0, 0, 0, 0, 0)]
 
 
+def test_delayed_views_keep_every_change_until_it_is_t_old():
+    seen = []
+
+    def router(req, replicas, rng):
+        seen.append((replicas[0].queue_len, replicas[0].busy))
+        return 0
+
+    # one replica, T = 2 delayed; r0 (100 s) at 0 is served; r1 at 1 and r2, r3 at 2 queue.
+    # The router sees the load as of 2 s earlier: at 0, 1 nothing; at 2 (both) the state of
+    # 0 (r0 busy); at 3.5 that of 1.5 (r1 queued); at 4.5 that of 2.5 (3 queued: both
+    # changes at 2 count, the later one last)
+    sim.simulate(timed([0.0, 1.0, 2.0, 2.0, 3.5, 4.5], [100.0] * 6), router=router,
+                 view_staleness=2.0, view_refresh="delayed", until=5.0)
+    assert seen == [(0, 0), (0, 0), (0, 1), (0, 1), (1, 1), (3, 1)]
+
+
+def test_stale_views_keep_recording_after_a_replica_stops():
+    # replica 0 is drained and stops at tick 10 (both idle: the first goes); r0 at 11 goes to
+    # replica 1; at 13 the snapshot of 13 shows it busy
+    seen = []
+
+    def router(req, replicas, rng):
+        seen.append([(r.id, r.busy) for r in replicas])
+        return 0
+
+    scaler, _, _ = scripted([1], 1)
+    sim.simulate(timed([11.0, 13.0], [100.0, 1.0]), replicas=2, router=router,
+                 autoscaler=scaler, autoscale_interval=10.0, view_staleness=1.0, until=14.0)
+    assert seen == [[(1, 0)], [(1, 1)]]
+
+
 # ----------------------------------------------------------------------------- views
 def test_replica_views_show_the_live_replica():
     seen = []
@@ -410,13 +488,34 @@ def test_a_batchers_queue_view():
     seen = []
 
     def batcher(queue):
-        seen.append((queue.now, len(queue), [r.id for r in queue], queue[0].id,
+        seen.append((queue.now, len(queue), [tuple(r) for r in queue], queue[-1].id,
                      queue.free_servers))
-        return len(queue) if len(queue) >= 2 else 0
+        if len(queue) >= 2:
+            return len(queue)
+        return 1 if queue.free_servers == 2 else 0
 
-    # 2 servers; r0 at 0 waits (1 in queue); r1 at 1 makes 2: both go as one batch
-    sim.simulate(timed([0.0, 1.0], [1.0, 1.0]), servers=2, batcher=batcher)
-    assert seen == [(0.0, 1, [0], 0, 2), (1.0, 2, [0, 1], 0, 2)]
+    # 2 servers; r0 (10 s) at 0 is taken at once (2 free); r1 at 1 waits (1 free, alone);
+    # r2 at 2 makes 2 waiting: both go as one batch [2, 3]
+    wl = Workload.build([0.0, 1.0, 2.0], prompt_tokens=[3, 4, 5], output_tokens=[6, 7, 8],
+                        prompt_id=[9, -1, 9], service_time=[10.0, 1.0, 1.0])
+    res = sim.simulate(wl, servers=2, batcher=batcher)
+    r0, r1, r2 = (0, 0.0, 3, 6, 9, 10.0), (1, 1.0, 4, 7, -1, 1.0), (2, 2.0, 5, 8, 9, 1.0)
+    assert seen == [(0.0, 1, [r0], 0, 2), (1.0, 1, [r1], 1, 1), (2.0, 2, [r1, r2], 2, 1)]
+    assert res.start.tolist() == [0.0, 2.0, 2.0] and res.finish.tolist() == [10.0, 3.0, 3.0]
+
+
+def test_a_running_sequence_shows_its_prefill_progress():
+    seen = []
+
+    def scheduler(view):
+        seen.append([tuple(s)[1:] for s in view.running])
+        return [r.id for r in view.head(1)]
+
+    # chunks of 2 tokens: after step 1 r0 (prompt 4) has prefilled 2, no token yet
+    wl = Workload.build([0.0, 0.5], prompt_tokens=[4, 1], output_tokens=[2, 1])
+    sim.simulate(wl, mode="iteration", cost=ConstantStep(1.0), prefill_chunk=2,
+                 scheduler=scheduler)
+    assert seen[:2] == [[], [(2, 0)]]
 
 
 def test_a_schedulers_step_view():
@@ -442,7 +541,8 @@ def test_a_schedulers_step_view():
 
 def test_cluster_view_totals():
     v = sim.ClusterView(0.0, (), 0, 1.0, 0)
-    assert (v.n_up, v.n_starting, v.outstanding, v.held, v.busy_fraction) == (0, 0, 0, 0, ())
+    assert (v.n_up, v.n_starting, v.outstanding, v.held) == (0, 0, 0, 0)
+    assert v.busy_fraction == v.concurrency == v.queue_lens == v.kv_fraction == ()
 
 
 # ----------------------------------------------------------------------------- result
@@ -522,9 +622,15 @@ def test_good_configs_pass(settings):
 
 @pytest.mark.parametrize("field", ["servers", "max_batch", "kv_capacity"])
 def test_replica_spec_counts_must_be_at_least_one(field):
-    with pytest.raises(ValueError, match=f"ReplicaSpec.{field}"):
+    with pytest.raises(ValueError, match=rf"^ReplicaSpec\.{field} must be >= 1, got 0"):
         ReplicaSpec(**{field: 0})
     assert getattr(ReplicaSpec(**{field: 1}), field) == 1
+
+
+def test_replica_spec_speed_must_be_positive():
+    with pytest.raises(ValueError, match=r"^ReplicaSpec\.speed must be > 0, got -1"):
+        ReplicaSpec(speed=-1.0)
+    assert ReplicaSpec().speed == 1.0
 
 
 def test_batch_decision_defaults_to_no_retry():
