@@ -3,6 +3,7 @@ instant order, stops exactly at an event, scale up / cancel / drain / zero, the 
 thresholds, what every view shows. Tiny deterministic workloads; every expected value is
 worked out by hand in the comments."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -194,8 +195,19 @@ def test_service_times_are_needed_only_where_no_cost_is_given():
     with pytest.raises(ValueError, match="service_time"):
         sim.simulate(no_service, replicas=2,
                      replica_specs=[ReplicaSpec(cost=Fixed(0.5, 1.0)), ReplicaSpec()])
-    with pytest.raises(ValueError, match=r"service_time .*got -5\.0"):
-        sim.simulate(timed([0.0, 1.0, 2.0], [1.0, -5.0, 0.0]))
+
+
+@pytest.mark.parametrize("bad", [-5.0, 0.0, math.inf])
+def test_the_engine_rechecks_service_times_changed_after_the_workload_was_built(bad):
+    # Workload checks its service times when built; the arrays stay writable, so the engine
+    # checks again before it uses them, and names the first bad value
+    wl = timed([0.0, 1.0, 2.0], [1.0, 1.0, 1.0])
+    wl.service_time[1] = bad
+    wl.service_time[2] = -7.0
+    value = re.escape(repr(bad))     # numpy 2 prints np.float64(-5.0)
+    with pytest.raises(ValueError, match=rf"^workload service_time must be finite and > 0 "
+                       rf"seconds for cost=None, got (np\.float64\()?{value}\)?$"):
+        sim.simulate(wl)
 
 
 def test_simulate_overrides_a_config_without_changing_it():
@@ -502,6 +514,7 @@ def test_a_batchers_queue_view():
     r0, r1, r2 = (0, 0.0, 3, 6, 9, 10.0), (1, 1.0, 4, 7, -1, 1.0), (2, 2.0, 5, 8, 9, 1.0)
     assert seen == [(0.0, 1, [r0], 0, 2), (1.0, 1, [r1], 1, 1), (2.0, 2, [r1, r2], 2, 1)]
     assert res.start.tolist() == [0.0, 2.0, 2.0] and res.finish.tolist() == [10.0, 3.0, 3.0]
+    assert res.servers == 2 and res.servers_by_replica.tolist() == [2]
 
 
 def test_a_running_sequence_shows_its_prefill_progress():
