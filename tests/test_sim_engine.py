@@ -460,6 +460,19 @@ def test_stale_views_keep_recording_after_a_replica_stops():
     assert seen == [[(1, 0)], [(1, 1)]]
 
 
+def test_a_staleness_under_a_second_is_stale():
+    # T = 0.5 periodic: at 0.2 the router sees the snapshot of 0, before r0 arrived (0.1):
+    # both replicas empty, the tie goes to replica 0 (live views would say replica 1)
+    res = sim.simulate(timed([0.1, 0.2], [10.0, 10.0]), replicas=2, view_staleness=0.5)
+    assert res.replica.tolist() == [0, 0]
+
+
+def test_a_bad_router_answer_names_the_valid_range():
+    with pytest.raises(ValueError, match=r"^router <lambda> returned 3: it must be an int index "
+                       r"in 0\.\.2 into the replicas it was given$"):
+        sim.simulate(timed([0.0], [1.0]), replicas=3, router=route_to(3))
+
+
 # ----------------------------------------------------------------------------- views
 def test_replica_views_show_the_live_replica():
     seen = []
