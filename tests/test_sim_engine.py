@@ -203,7 +203,6 @@ def test_the_engine_rechecks_service_times_changed_after_the_workload_was_built(
     # checks again before it uses them, and names the first bad value
     wl = timed([0.0, 1.0, 2.0], [1.0, 1.0, 1.0])
     wl.service_time[1] = bad
-    wl.service_time[2] = -7.0
     value = re.escape(repr(bad))     # numpy 2 prints np.float64(-5.0)
     with pytest.raises(ValueError, match=rf"^workload service_time must be finite and > 0 "
                        rf"seconds for cost=None, got (np\.float64\()?{value}\)?$"):
@@ -216,6 +215,23 @@ def test_simulate_overrides_a_config_without_changing_it():
     assert res.finish.tolist() == [1.0, 2.0] and cfg.replicas == 2
     res = sim.simulate(timed([0.0, 0.0], [1.0, 1.0]), cfg)
     assert res.finish.tolist() == [1.0, 1.0]
+
+
+def test_the_default_seed_is_zero():
+    def draw(req, replicas, rng):
+        draws.append(int(rng.integers(1_000_000)))
+        return 0
+
+    wl = timed([0.0, 1.0, 2.0], [0.5] * 3)
+    runs = []
+    for run in (lambda: sim.simulate(wl, router=draw), lambda: sim.simulate(wl, router=draw,
+                                                                              seed=0),
+                lambda: sim.Simulation(wl, ServingConfig(router=draw)).run(),
+                lambda: sim.simulate(wl, router=draw, seed=1)):
+        draws = []
+        run()
+        runs.append(draws)
+    assert runs[0] == runs[1] == runs[2] != runs[3]
 
 
 # ----------------------------------------------------------------------------- no progress
@@ -629,6 +645,25 @@ def test_iteration_results_count_one_server_per_replica():
 ])
 def test_bad_configs_name_the_field(settings, exc, match):
     with pytest.raises(exc, match=match):
+        ServingConfig(**settings).validate()
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(replicas=-1), r"replicas must be >= 0, got -1"),
+    (dict(servers=0), r"servers must be >= 1, got 0"),
+    (dict(max_batch=0), r"max_batch must be >= 1, got 0"),
+    (dict(min_replicas=-1), r"min_replicas must be >= 0, got -1"),
+    (dict(max_replicas=0), r"max_replicas must be >= 1, got 0"),
+    (dict(replicas=0, min_replicas=0), r"replicas=0 needs an autoscaler to start replicas \(and "
+     r"min_replicas=0\); a fixed fleet needs replicas >= 1"),
+    (dict(kv_capacity=0), r"kv_capacity must be >= 1, got 0"),
+    (dict(prefill_chunk=0), r"prefill_chunk must be >= 1, got 0"),
+    (dict(autoscale_interval=0.0), r"autoscale_interval must be > 0, got 0\.0"),
+    (dict(startup_delay=-1.0), r"startup_delay must be >= 0, got -1\.0"),
+    (dict(view_staleness=-1.0), r"view_staleness must be >= 0, got -1\.0"),
+])
+def test_config_errors_start_with_the_field_and_its_rule(settings, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
         ServingConfig(**settings).validate()
 
 
