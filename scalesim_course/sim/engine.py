@@ -251,9 +251,11 @@ class Simulation:
         busy = np.array([r.busy_time for r in replicas])
         cfg = self.cfg
         start = np.array(self.start)
+        first = np.array(self.first)
+        first[first > end] = math.nan   # a first token due after the stop has not come yet
         where = np.array(self.where)
         where[np.isnan(start)] = -1     # routed but never served: not "served by" anyone
-        return RunResult(self.wl, start, np.array(self.first),
+        return RunResult(self.wl, start, first,
                          np.array(self.finish), where, busy, up_time,
                          cfg.servers if cfg.mode == "request" else 1, self.now,
                          self.steps, self.fleet.fleet, end,
