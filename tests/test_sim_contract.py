@@ -2,6 +2,7 @@
 preemption, autoscaler views, scale to zero and an honest stop. Every expected value below is
 worked out by hand in the comments (tiny deterministic workloads)."""
 import math
+import re
 
 import numpy as np
 import pytest
@@ -296,7 +297,9 @@ def test_bad_autoscaler_answers_are_named(answer):
     def scaler(view):
         return answer
 
-    with pytest.raises(TypeError, match="autoscaler .*scaler"):
+    # the message names the policy, the value it returned and the rule
+    with pytest.raises(TypeError, match=rf"^autoscaler scaler returned {re.escape(repr(answer))}: "
+                                        r"it must be an int >= 0 \(desired replicas\)"):
         sim.simulate(timed([0.0, 20.0], [1.0, 1.0]), autoscaler=scaler)
 
 

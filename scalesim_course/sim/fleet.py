@@ -9,7 +9,7 @@ from .._checks import NoProgressError, bad_output, is_int, policy_name
 from ..workload import Request
 from .config import DRAINING, STARTING, STOPPED, UP
 from .policies import least_outstanding
-from .replica import IterationReplica, RequestReplica
+from .replica import NORMAL, IterationReplica, RequestReplica
 from .views import ClusterView, StaleReplicaView
 
 LATE = 2      # same-time priority of autoscaler ticks: they see everything else at that instant
@@ -130,7 +130,7 @@ class Fleet:
             for _ in range(want - len(active)):
                 rep = self.kind(sim, len(self.replicas), STARTING, now)
                 self.replicas.append(rep)
-                sim.push(now + cfg.startup_delay, 1, self.ready, rep)
+                sim.push(now + cfg.startup_delay, NORMAL, self.ready, rep)
         elif want < len(active):
             # cancel start-ups first, then drain the least loaded replicas
             victims = sorted(active, key=lambda r: (r.state == UP, len(r.queue) + r.busy))
