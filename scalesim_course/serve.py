@@ -418,6 +418,10 @@ def run(args) -> int:
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             timeout_graceful_shutdown=2)
+    # Listen before saying so: a client that connects as soon as it reads the line then waits
+    # in the backlog until uvicorn accepts, instead of being refused (a bound socket that does
+    # not listen yet refuses connections; seen under load).
+    sock.listen(config.backlog)
 
     class Server(uvicorn.Server):
         # uvicorn re-raises SIGTERM after shutting down, so the process would die by the

@@ -173,6 +173,33 @@ def test_refuses_a_non_loopback_host():
     assert out.returncode != 0 and "loopback" in out.stderr
 
 
+def test_the_address_printed_accepts_connections_at_once(monkeypatch, capsys):
+    """When "listening on" is printed the socket already listens: a client connecting before the
+    event loop runs waits in the backlog instead of being refused."""
+    import argparse
+    import asyncio
+    import re
+    import socket
+
+    from scalesim_course import serve
+
+    parser = argparse.ArgumentParser()
+    serve.add_arguments(parser)
+    args = parser.parse_args(["--port", "0", "--max-seq-len", "32"])
+    connected = []
+
+    def instead_of_serving(coro):
+        coro.close()  # the server never runs: only the socket as printed is tried
+        port = int(re.search(r"listening on http://127\.0\.0\.1:(\d+)",
+                             capsys.readouterr().out).group(1))
+        with socket.create_connection(("127.0.0.1", port), timeout=5):
+            connected.append(port)
+
+    monkeypatch.setattr(asyncio, "run", instead_of_serving)
+    assert serve.run(args) == 0
+    assert len(connected) == 1
+
+
 def test_stops_after_idle_timeout():
     proc = ServerProcess(idle_timeout=1.0)
     try:
