@@ -81,6 +81,8 @@ def bad_output(role: str, policy, value, must: str, exc=ValueError, method: str 
     "<role> <policy name>[.<method>()] returned <value>: <what it must be>"
     """
     where = f".{method}()" if method else ""
+    if isinstance(value, np.generic):  # numpy 2 would print np.float64(-5.0): show -5.0
+        value = value.item()
     raise exc(f"{role} {policy_name(policy)}{where} returned {value!r}: {must}")
 
 

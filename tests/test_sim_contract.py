@@ -292,13 +292,16 @@ def test_autoscaler_that_never_scales_up_from_zero_raises():
         sim.simulate(timed([1.0], [1.0]), replicas=0, min_replicas=0, autoscaler=never_up)
 
 
-@pytest.mark.parametrize("answer", [1.0, -1, math.nan, True, None])
-def test_bad_autoscaler_answers_are_named(answer):
+@pytest.mark.parametrize("answer, shown", [(1.0, "1.0"), (-1, "-1"), (math.nan, "nan"),
+                                           (True, "True"), (None, "None"),
+                                           (np.float64(1.5), "1.5"), (np.int64(-1), "-1")])
+def test_bad_autoscaler_answers_are_named(answer, shown):
     def scaler(view):
         return answer
 
-    # the message names the policy, the value it returned and the rule
-    with pytest.raises(TypeError, match=rf"^autoscaler scaler returned {re.escape(repr(answer))}: "
+    # the message names the policy, the value it returned (numpy scalars as plain numbers) and
+    # the rule
+    with pytest.raises(TypeError, match=rf"^autoscaler scaler returned {re.escape(shown)}: "
                                         r"it must be an int >= 0 \(desired replicas\)"):
         sim.simulate(timed([0.0, 20.0], [1.0, 1.0]), autoscaler=scaler)
 

@@ -69,7 +69,7 @@ class Simulation:
                 if not (np.isfinite(st).all() and (st > 0).all()):
                     bad = st[~(np.isfinite(st) & (st > 0))][0]
                     raise ValueError(f"workload service_time must be finite and > 0 seconds for "
-                                     f"cost=None, got {bad!r}")
+                                     f"cost=None, got {float(bad)!r}")
         n = len(workload)
         self.start = [math.nan] * n
         self.first = [math.nan] * n
