@@ -157,20 +157,26 @@ AS_NBGRADER = ("import os\n"
                "def add(a, b):\n    return a + b")
 
 
-def test_the_kernel_started_early_runs_the_notebook_as_nbgrader_would(tiny_course, submit,
-                                                                       monkeypatch):
+@pytest.fixture
+def started(monkeypatch):
+    """The kernel managers started during the test (AsyncKernelManager.start_kernel counted)."""
     from jupyter_client.manager import AsyncKernelManager
 
-    from scalesim_course import grading
-
-    started = []
+    managers = []
     start = AsyncKernelManager.start_kernel
 
     async def counted(self, **kwargs):
-        started.append(self)
+        managers.append(self)
         return await start(self, **kwargs)
 
     monkeypatch.setattr(AsyncKernelManager, "start_kernel", counted)
+    return managers
+
+
+def test_the_kernel_started_early_runs_the_notebook_as_nbgrader_would(tiny_course, submit,
+                                                                       started):
+    from scalesim_course import grading
+
     report = grade(submit(add=AS_NBGRADER), course_root_dir=tiny_course)
     # The answer cell checks its environment, folder and execution count: 3, as in the kernel
     # nbgrader starts itself (seen with the early start switched off): the move to the graded
@@ -181,19 +187,9 @@ def test_the_kernel_started_early_runs_the_notebook_as_nbgrader_would(tiny_cours
     assert not started[0].has_kernel and grading._EARLY == {}  # stopped, none left behind
 
 
-def test_an_early_kernel_is_stopped_when_grading_fails(tiny_course, tmp_path, monkeypatch):
-    from jupyter_client.manager import AsyncKernelManager
-
+def test_an_early_kernel_is_stopped_when_grading_fails(tiny_course, tmp_path, started):
     from scalesim_course import grading
 
-    started = []
-    start = AsyncKernelManager.start_kernel
-
-    async def counted(self, **kwargs):
-        started.append(self)
-        return await start(self, **kwargs)
-
-    monkeypatch.setattr(AsyncKernelManager, "start_kernel", counted)
     stray = tmp_path / "homework.ipynb"
     nbformat.write(nbformat.v4.new_notebook(), str(stray))
     with pytest.raises(GradingError, match="can't tell which assignment"):

@@ -91,6 +91,17 @@ class Holding(Lazy):
         return True
 
 
+def kept(manager_class):
+    """A KV factory building `manager_class`, and the list of the managers it built."""
+    managers = []
+
+    def factory(capacity):
+        managers.append(manager_class(capacity))
+        return managers[-1]
+
+    return factory, managers
+
+
 def watch(seen, index=0):
     """A router that always picks `index` and records (queue_len, busy, kv_used,
     queued_tokens) of the replica it picks, as it is just before the arrival joins."""
@@ -280,11 +291,7 @@ def test_preempting_a_sequence_in_mid_prefill():
     # (done at 3). r1 is re-admitted at 3 with nothing generated: prefill 4 [3,4), 2 [4,5)
     # (first token at 5), decode [5,6): done at 6.
     wl = Workload.build([0.0, 0.0], prompt_tokens=[6, 6], output_tokens=[2, 2])
-    managers = []
-
-    def factory(capacity):
-        managers.append(Lazy(capacity))
-        return managers[-1]
+    factory, managers = kept(Lazy)
 
     res = sim.simulate(wl, mode="iteration", cost=constant_step(1.0), kv=factory,
                        kv_capacity=8, prefill_chunk=4, record_steps=True)
@@ -305,11 +312,7 @@ def test_readmission_tells_the_manager_what_was_generated():
     # r1 is preempted at 2 holding 2 tokens; at 3 it asks for 4 + 2 = 6 while r0 holds 6:
     # refused; at 4 (r0 done) admitted
     wl = Workload.build([0.0, 0.0], prompt_tokens=[4, 4], output_tokens=[4, 4])
-    managers = []
-
-    def factory(capacity):
-        managers.append(Holding(capacity))
-        return managers[-1]
+    factory, managers = kept(Holding)
 
     res = sim.simulate(wl, mode="iteration", cost=constant_step(1.0), kv=factory,
                        kv_capacity=10)
@@ -322,11 +325,7 @@ def test_grow_sees_when_each_sequence_was_admitted():
     # r0 at 0 (2 + 3 tokens), r1 at 1.5 (2 + 2) joins at the step boundary 2; the manager is
     # told each running sequence's admission time
     wl = Workload.build([0.0, 1.5], prompt_tokens=[2, 2], output_tokens=[3, 2])
-    managers = []
-
-    def factory(capacity):
-        managers.append(Lazy(capacity))
-        return managers[-1]
+    factory, managers = kept(Lazy)
 
     res = sim.simulate(wl, mode="iteration", cost=constant_step(1.0), kv=factory)
     assert res.start.tolist() == [0.0, 2.0] and res.finish.tolist() == [3.0, 4.0]
